@@ -1,0 +1,53 @@
+# weightviz: the two commands are `make demo` and `make test` (both set up .venv on a fresh machine).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARCH   := $(shell uname -m)
+OUT    ?= out
+
+.PHONY: demo test install lint bench browser clean help
+
+help:
+	@echo "make demo   - install into $(VENV) and write the demo figures and explorer to $(OUT)/"
+	@echo "make test   - install dev dependencies and run the test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - run benchmarks/ (results go to BENCHMARKS.md by hand)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Exact, tested versions for the dev/CI environment (the package itself declares ranges).
+$(VENV)/.installed: requirements/ci.txt pyproject.toml | $(BIN)/python
+ifeq ($(ARCH),x86_64)
+	$(BIN)/pip install -q -r requirements/ci.txt
+else
+	$(BIN)/pip install -q torch==2.9.1 torchvision==0.24.1
+	$(BIN)/pip install -q $$(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements/ci.txt | sed 's/==.*//')
+endif
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Debian chromium for the real-browser tests (Playwright drives it; nothing is downloaded by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; browser tests will be skipped"; }
+
+demo: install
+	$(BIN)/python -m weightviz.demo --out $(OUT)
+
+test: install browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check weightviz tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/nmf.py
+
+clean:
+	rm -rf $(OUT) site .pytest_cache

@@ -1,0 +1,94 @@
+"""Atomic file output and safe tensor-file input (private helpers)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import WeightvizError
+
+__all__ = ["atomic_path", "load_state_dict", "save_tensors"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Nothing half-written is ever left at ``path``: on error the temporary file is removed.
+    Raises :class:`WeightvizError` if the target directory does not exist or is not writable.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise WeightvizError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
+    suffix = suffix if suffix is not None else path.suffix
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    except OSError as e:
+        raise WeightvizError(f"cannot write {str(path)!r}: {e.strerror}") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Save named tensors to a ``.safetensors`` file atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    return path
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a PyTorch file, never executing pickled code.
+
+    PyTorch files are read with ``torch.load(weights_only=True)``; a checkpoint that nests the
+    state dict under ``"state_dict"``, ``"model"`` or ``"model_state_dict"`` is unwrapped.
+    Raises :class:`WeightvizError` for a missing, corrupt or code-carrying file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightvizError(f"weights file not found: {str(path)!r}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # safetensors raises several types for corrupt headers
+            raise WeightvizError(f"cannot read {str(path)!r} as safetensors: {_first_line(e)}") from None
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise WeightvizError(
+                f"refusing to load {str(path)!r}: it is not a plain tensor file (it would need to unpickle "
+                f"code: {_first_line(e)}). Save a state_dict, or use .safetensors"
+            ) from None
+        except Exception as e:
+            raise WeightvizError(f"cannot read {str(path)!r} as a PyTorch weights file: {_first_line(e)}") from None
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightvizError(f"{str(path)!r} does not hold a state dict (name -> tensor)")
+    return sd
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

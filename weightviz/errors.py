@@ -1,0 +1,29 @@
+"""The one exception type weightviz raises for bad input.
+
+Every user-facing failure (unknown layer, unit out of range, bad weight file, non-finite weights,
+wrong shapes, unwritable output) raises :class:`WeightvizError` with a one-line message that says what
+was received and how to fix it. The CLI prints that line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["WeightvizError", "suggest"]
+
+
+class WeightvizError(ValueError):
+    """Bad input to weightviz: the message is one line, meant for the user."""
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return a ``" Did you mean 'a', 'b'?"`` suffix with the closest matches of ``name``, or ``""``."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not close:
+        # substring matches help with dotted module names ("conv_dw" -> "blocks.1.0.conv_dw")
+        close = [c for c in choices if name and name in c][:n]
+    if not close:
+        return ""
+    return " Did you mean " + ", ".join(repr(c) for c in close) + "?"
