@@ -1,0 +1,37 @@
+"""Figures: every visualization of the article as a one-line call returning a :class:`Figure`
+(``.save("x.png" | "x.svg")``, inline in notebooks).
+
+:data:`FIGURES` is the registry of figure builders (name -> function); the CLI's ``figure`` command and
+the explorer read it, so adding a figure is one decorated function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ._core import DIVERGING, DIVERGING_STOPS, Figure, as_images, heatmap, heatmap_grid, image_grid
+
+FIGURES: dict[str, Callable[..., Figure]] = {}
+
+
+def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
+    """Decorator adding a figure builder to :data:`FIGURES` under ``name`` (CLI: ``weightviz figure NAME``)."""
+
+    def deco(fn: Callable[..., Figure]) -> Callable[..., Figure]:
+        FIGURES[name] = fn
+        return fn
+
+    return deco
+
+
+__all__ = [
+    "DIVERGING",
+    "DIVERGING_STOPS",
+    "FIGURES",
+    "Figure",
+    "as_images",
+    "heatmap",
+    "heatmap_grid",
+    "image_grid",
+    "register_figure",
+]
