@@ -315,6 +315,9 @@ def nmf_image(
       matrices stacked along positions, ``[C_out*kh*kw, 2*C_in]``), and each neuron's ``A`` is its block
       of rows of that joint fit (the non-negative least-squares fit given ``H``), so a colour means the
       same input-channel direction in every neuron.
+    - At most ``min(kh*kw, 2*C_in)`` factors are fitted (that many already fit exactly; more would only
+      split them): the rest stay zero. A depthwise kernel (``C_in = 1``) thus shows its stronger sign part
+      in red and the other in green; a 1x1 kernel is a single red pixel.
     - Depthwise / grouped convs: pass either the raw tensor ``[C_out, C_in/groups, kh, kw]`` or the dense
       expansion (``weightviz.weights(model, layer, dense=True)``): the expansion only adds all-zero
       columns to ``X``, which do not change the factorization of the spatial side, so the raw tensor is
@@ -339,20 +342,26 @@ def nmf_image(
     X = one_sided(W)  # [C_out, P, 2C_in]
     P = kh * kw
     if shared:
-        A, H = nmf(X.reshape(1, C_out * P, 2 * C_in), n_factors, iters=iters, seed=seed, restarts=restarts)
-        A = A.reshape(C_out, P, n_factors)
+        # a [M, N] non-negative matrix has an exact NMF with min(M, N) factors: more only split factors
+        F = min(n_factors, C_out * P, 2 * C_in)
+        A, H = nmf(X.reshape(1, C_out * P, 2 * C_in), F, iters=iters, seed=seed, restarts=restarts)
+        A = A.reshape(C_out, P, F)
         H = H[0]
         if progress is not None:
             progress(C_out)
     else:
+        F = min(n_factors, P, 2 * C_in)
         As, Hs = [], []
         for start in range(0, C_out, batch_size):
-            a, h = nmf(X[start:start + batch_size], n_factors, iters=iters, seed=seed + start, restarts=restarts)
+            a, h = nmf(X[start:start + batch_size], F, iters=iters, seed=seed + start, restarts=restarts)
             As.append(a)
             Hs.append(h)
             if progress is not None:
                 progress(a.shape[0])
         A, H = torch.cat(As), torch.cat(Hs)
+    if F < n_factors:  # unused factors stay empty (zero), so the colours keep their meaning
+        A = torch.cat([A, A.new_zeros(*A.shape[:-1], n_factors - F)], dim=-1)
+        H = torch.cat([H, H.new_zeros(*H.shape[:-2], n_factors - F, H.shape[-1])], dim=-2)
     img = _to_rgb(A, kh, kw)
     return (img, A, H) if return_factors else img
 

@@ -24,6 +24,9 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
     return deco
 
 
+# figure modules register themselves on import (after FIGURES and register_figure exist)
+from .weights import first_conv, nmf_grid, rgb_weights_grid  # noqa: E402
+
 __all__ = [
     "DIVERGING",
     "DIVERGING_STOPS",
@@ -32,6 +35,9 @@ __all__ = [
     "as_images",
     "heatmap",
     "heatmap_grid",
+    "first_conv",
     "image_grid",
+    "nmf_grid",
     "register_figure",
+    "rgb_weights_grid",
 ]

@@ -154,7 +154,7 @@ def image_grid(
     title_h = 0.35 if title else 0.0
     fig = new_figure(ncols * cell, nrows * (cell + label_h) + title_h)
     top = 1 - title_h / fig.get_figheight()
-    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=0.01, top=top,
+    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=(0.02 + label_h) / fig.get_figheight(), top=top,
                           wspace=0.08, hspace=label_h / cell + 0.05)
     for i in range(nrows * ncols):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
