@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "render_cmd",
     "figure_cmd",
     "explore_cmd",
+    "metrics_cmd",
 ]
 
 
