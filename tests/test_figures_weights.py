@@ -80,3 +80,18 @@ def test_nan_weights_rejected(tiny):
         tiny.conv2.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(WeightvizError, match="non-finite"):
         nmf_grid(tiny, "conv2")
+
+
+def test_shared_legend_names_channel_factors(lite0, tiny):
+    fig = nmf_grid(lite0, "blocks.2.1.conv_dw", units="0:3", shared=True)
+    # one input per neuron: the shared factors are exactly "positive" and "negative" weights
+    inputs = fig.data["factor_inputs"]
+    assert sorted(k for items in inputs for k, _ in items) == ["+", "-"]
+    assert "red = " in fig.fig.get_suptitle() and "negative weights" in fig.fig.get_suptitle()
+    # dense layer: each factor's loadings name input channels with a sign, strongest first
+    fig = nmf_grid(tiny, "conv2", shared=True)
+    _, _, H = wv.nmf_image(tiny.conv2.weight.detach(), shared=True, return_factors=True)
+    top = int(H[0].argmax())
+    expected = f"{'+' if top < 8 else '-'}{top % 8}"
+    assert fig.data["factor_inputs"][0][0][0] == expected
+    assert f"red: {expected}" in fig.fig.get_suptitle()

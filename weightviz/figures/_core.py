@@ -151,7 +151,7 @@ def image_grid(
     ncols = ncols or min(n, 8)
     nrows = math.ceil(n / ncols)
     label_h = 0.22 if labels is not None else 0.0
-    title_h = 0.35 if title else 0.0
+    title_h = 0.35 + 0.17 * title.count("\n") if title else 0.0
     fig = new_figure(ncols * cell, nrows * (cell + label_h) + title_h)
     top = 1 - title_h / fig.get_figheight()
     gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=(0.02 + label_h) / fig.get_figheight(), top=top,

@@ -19,7 +19,7 @@ from ..models import layers, model_name, parse_units, resolve, weights
 from . import register_figure
 from ._core import Figure, image_grid
 
-__all__ = ["first_conv", "nmf_grid", "rgb_weights_grid"]
+__all__ = ["factor_inputs", "first_conv", "nmf_grid", "rgb_weights_grid"]
 
 
 def _kernel_text(W: torch.Tensor) -> str:
@@ -59,18 +59,63 @@ def nmf_grid(
     unit_list = parse_units(units, W.shape[0], what=f"layer {layer!r}")
     if not unit_list:
         raise WeightvizError(f"no units selected from layer {layer!r} ({W.shape[0]} channels): got {units!r}")
+    extra: dict[str, Any] = {}
     if shared:
-        img = nmf_image(W, n_factors=n_factors, shared=True, seed=seed, progress=progress)[unit_list]
+        img, _, H = nmf_image(W, n_factors=n_factors, shared=True, seed=seed, progress=progress,
+                              return_factors=True)
+        img = img[unit_list]
+        extra["factor_inputs"] = factor_inputs(H, groups=_groups(model, layer))
     else:
         img = nmf_image(W[unit_list], n_factors=n_factors, seed=seed, progress=progress)
     mode = "colours shared across neurons" if shared else "colours per neuron"
     title = (f"{model_name(model)} · {layer} · one-sided NMF, {n_factors} factor{'s' * (n_factors != 1)} "
              f"({_kernel_text(W)} kernels, {mode})")
+    if shared:
+        title += "\n" + _legend(extra["factor_inputs"], n_factors)
     ncols = ncols or min(len(unit_list), 8 if len(unit_list) <= 32 else 16)
     fig = image_grid(img, [str(u) for u in unit_list], ncols=ncols, title=title, cell=cell,
                      data={"layer": layer, "units": unit_list, "shared": bool(shared), "n_factors": n_factors,
-                           "kernel": tuple(W.shape[2:]), "images": img.numpy()})
+                           "kernel": tuple(W.shape[2:]), "images": img.numpy(), **extra})
     return fig
+
+
+def factor_inputs(H: torch.Tensor, top: int = 3, groups: int = 1) -> list[list[tuple[str, float]]]:
+    """The strongest entries of each shared channel factor ``H`` ``[F, 2*C_in]`` as ``("+i" | "-i", h)``:
+    ``+i`` = excitatory weight from input channel ``i`` (column ``i``), ``-i`` = inhibitory (column
+    ``C_in + i``). For a depthwise conv (``groups > 1``, one input per neuron), ``+``/``-`` alone."""
+    c_in = H.shape[1] // 2
+    out = []
+    for h in H:
+        order = h.argsort(descending=True, stable=True)[:top].tolist()
+        items = []
+        for j in order:
+            if float(h[j]) <= 0:
+                break
+            sign = "+" if j < c_in else "-"
+            name = sign if groups > 1 and c_in == 1 else f"{sign}{j % c_in}"
+            items.append((name, float(h[j])))
+        out.append(items)
+    return out
+
+
+_COLOR_NAMES = {1: ["grey"], 3: ["red", "green", "blue"]}
+
+
+def _legend(inputs: list[list[tuple[str, float]]], n_factors: int) -> str:
+    """One line naming each colour's strongest channel loadings."""
+    names = _COLOR_NAMES.get(n_factors, [f"hue {i * 360 // n_factors}°" for i in range(n_factors)])
+    used = [(name, items) for name, items in zip(names, inputs) if items]
+    if all(k in ("+", "-") for _, items in used for k, _ in items):  # depthwise: one input per neuron
+        return "; ".join(f"{name} = {'positive' if items[0][0] == '+' else 'negative'} weights"
+                         for name, items in used)
+    return "; ".join(f"{name}: " + " ".join(k for k, _ in items[:2]) for name, items in used) + \
+        "   (+i / -i: positive / negative weight from input channel i)"
+
+
+def _groups(model: nn.Module, layer: str) -> int:
+    from ..models import get_module
+
+    return int(getattr(get_module(model, layer), "groups", 1))
 
 
 def first_conv(model: nn.Module) -> str:
