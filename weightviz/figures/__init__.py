@@ -25,6 +25,9 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 
 
 # figure modules register themselves on import (after FIGURES and register_figure exist)
+from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
+from .factors import factorize_family, weight_factors  # noqa: E402
+from .routes import paths  # noqa: E402
 from .weights import first_conv, nmf_grid, rgb_weights_grid  # noqa: E402
 
 __all__ = [
@@ -33,11 +36,19 @@ __all__ = [
     "FIGURES",
     "Figure",
     "as_images",
+    "expanded",
+    "factorize_family",
+    "family_grid",
     "heatmap",
     "heatmap_grid",
     "first_conv",
     "image_grid",
     "nmf_grid",
+    "paths",
     "register_figure",
     "rgb_weights_grid",
+    "small_multiples",
+    "spatial_positions",
+    "top_inputs",
+    "weight_factors",
 ]
