@@ -1,0 +1,267 @@
+"""``render``: feature visualization by gradient ascent on a parameterized image.
+
+Per batch of objectives: a decorrelated Fourier image (:mod:`.param`), each step one random
+transform shared by the batch (:mod:`.transforms`), the model's input normalization, a forward pass
+that stops after the deepest layer the objectives read (:mod:`._hooks`), and Adam on minus the sum of
+each item's own objective. During the first ``redirect_steps`` steps ReLU/ReLU6 gradients are redirected
+(Lucid's trick) so units that are dead on the initial noise still start to fire.
+
+Every item starts from the same noise and sees the same transforms, so an item's image depends only on
+(model, its objective, parameters, seed) and not on the rest of its batch: this is what makes caching
+per item and splitting large lists into batches safe (up to float rounding of batched kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import WeightvizError
+from ..models import input_spec, model_hash, resolve
+from ._hooks import Capture, RedirectReLU, activations, frozen
+from .cache import RenderCache
+from .image import grid, save_png, to_uint8
+from .objectives import Objective
+from .param import FourierImage
+from .transforms import TransformConfig, apply_transform, sample_transform
+
+__all__ = ["DEFAULT_STEPS", "ENGINE_VERSION", "RenderResult", "activations", "render"]
+
+#: Default number of optimization steps, chosen by measurement (benchmarks/steps.py, BENCHMARKS.md).
+DEFAULT_STEPS = 256
+#: Bumped whenever a change alters rendered pixels (invalidates cache entries).
+ENGINE_VERSION = 1
+_DEFAULT_BATCH = 32
+
+
+@dataclass
+class RenderResult:
+    """Rendered images and their objective values.
+
+    ``images``: float ``[B, C, size, size]`` in [0, 1] on the CPU (``C`` = the model's input channels);
+    ``values``: ``[B]`` each objective evaluated on its final image (no transforms);
+    ``objectives``: the ``B`` objectives; ``cached``: which items came from the cache.
+    """
+
+    images: torch.Tensor
+    values: torch.Tensor
+    objectives: list[Objective]
+    size: int
+    steps: int
+    seed: int
+    cached: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"RenderResult(images={list(self.images.shape)}, steps={self.steps}, seed={self.seed}, "
+                f"values={[round(v, 3) for v in self.values.tolist()][:8]}{'...' if len(self) > 8 else ''})")
+
+    def uint8(self):
+        """The images as uint8 ``[B, size, size, C]`` (numpy) via :func:`to_uint8` (what :meth:`save` writes)."""
+        return to_uint8(self.images)
+
+    def save(self, path: str | os.PathLike, ncols: int | None = None, pad: int = 2) -> Path:
+        """Write the images as one PNG grid (a single image: the image itself, no border).
+
+        The file holds exactly :meth:`uint8` (``load_png`` returns those pixels)."""
+        arr = self.uint8()
+        out = arr[0] if len(arr) == 1 else grid(arr, ncols=ncols, pad=pad)
+        return save_png(out, path)
+
+
+def _as_objectives(objective) -> tuple[list[Objective], bool]:
+    if isinstance(objective, Objective):
+        return [objective], True
+    if isinstance(objective, (str, bytes)) or not isinstance(objective, Sequence):
+        raise WeightvizError(
+            f"objective must be an Objective (e.g. objectives.channel('blocks.4.0', 3)) or a list of them, "
+            f"got {type(objective).__name__}"
+        )
+    objs = list(objective)
+    if not objs:
+        raise WeightvizError("objective list is empty; give at least one objective")
+    for o in objs:
+        if not isinstance(o, Objective):
+            raise WeightvizError(f"every item of the objective list must be an Objective, got {type(o).__name__}")
+    return objs, False
+
+
+def _resolve_cache(cache) -> RenderCache | None:
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return RenderCache()
+    if isinstance(cache, RenderCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return RenderCache(cache)
+    raise WeightvizError(f"cache must be None, True, a path or a RenderCache, got {type(cache).__name__}")
+
+
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as p:
+        task = p.add_task("render", total=total)
+        yield lambda n=1: p.advance(task, n)
+
+
+def render(
+    model: nn.Module | str | None,
+    objective: Objective | Sequence[Objective],
+    *,
+    size: int = 128,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    batch: int | None = None,
+    progress: bool = True,
+    cache: RenderCache | bool | str | os.PathLike | None = None,
+    lr: float = 0.05,
+    redirect_steps: int = 16,
+    transforms: TransformConfig | None = TransformConfig(),
+    decorrelate: bool = True,
+) -> RenderResult:
+    """Feature-visualize one objective or a list of objectives (one image each, rendered as batches).
+
+    ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels.
+    ``steps``: Adam steps at learning rate ``lr``. ``seed``: same seed, same image. ``batch``: at most
+    this many objectives per forward pass (default 32). ``cache``: ``True`` (default directory), a path
+    or a :class:`RenderCache` to reuse earlier renders; ``None`` renders afresh. ``redirect_steps``: steps
+    with redirected ReLU gradients. ``transforms``: random transform ranges (``None``: no transforms).
+
+    Returns :class:`RenderResult` with ``images`` ``[B, C, size, size]`` in [0, 1] (``C`` = channels of
+    the model's first conv) and ``values`` ``[B]``. The model is left as it was (mode, weights,
+    ``requires_grad`` flags, no hooks). Bad layer / unit / vector length raise :class:`WeightvizError`
+    before any optimization.
+
+    >>> import weightviz as wv
+    >>> from weightviz import objectives as obj
+    >>> r = wv.render("lite0", [obj.channel("blocks.4.0", n) for n in range(4)], steps=64)  # doctest: +SKIP
+    >>> r.images.shape                                                                  # doctest: +SKIP
+    torch.Size([4, 3, 128, 128])
+    """
+    objs, _single = _as_objectives(objective)
+    size = _positive_int(size, "size")
+    if size < 16:
+        raise WeightvizError(f"size must be at least 16 pixels, got {size}")
+    steps = _positive_int(steps, "steps")
+    batch = _DEFAULT_BATCH if batch is None else _positive_int(batch, "batch")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise WeightvizError(f"seed must be an integer, got {seed!r}")
+    if isinstance(redirect_steps, bool) or not isinstance(redirect_steps, int) or redirect_steps < 0:
+        raise WeightvizError(f"redirect_steps must be an integer >= 0, got {redirect_steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise WeightvizError(f"lr must be a positive number, got {lr!r}")
+    model = resolve(model)
+    spec = input_spec(model)
+    store = _resolve_cache(cache)
+
+    # validate every objective (layer names, units, vector lengths, positions) before any optimization
+    layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
+    shapes = _probe_shapes(model, layer_names, spec.channels, size)
+    for o in objs:
+        o.check(shapes)
+
+    params = {
+        "engine": ENGINE_VERSION, "size": size, "steps": steps, "seed": seed, "lr": float(lr),
+        "redirect_steps": min(redirect_steps, steps), "decorrelate": bool(decorrelate),
+        "transforms": transforms.key() if transforms is not None else None,
+        "channels": spec.channels, "mean": spec.mean, "std": spec.std,
+    }
+    keys = [RenderCache.key(model_hash(model), o.key, params) for o in objs] if store is not None else [None] * len(objs)
+
+    images: list[torch.Tensor | None] = [None] * len(objs)
+    values: list[float | None] = [None] * len(objs)
+    cached = [False] * len(objs)
+    if store is not None:
+        for i, k in enumerate(keys):
+            hit = store.get(k)
+            if hit is not None and tuple(hit[0].shape) == (spec.channels, size, size):
+                images[i], values[i], cached[i] = hit[0], hit[1], True
+    todo = [i for i in range(len(objs)) if images[i] is None]
+    # equal objectives (same key) in one call are rendered once
+    first: dict[str, int] = {}
+    unique = [i for i in todo if first.setdefault(objs[i].key, i) == i]
+
+    with _progress(progress and bool(unique), steps * len(range(0, len(unique), batch))) as advance:
+        for start in range(0, len(unique), batch):
+            idx = unique[start:start + batch]
+            imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
+                                       redirect_steps, transforms, decorrelate, advance)
+            for j, i in enumerate(idx):
+                images[i], values[i] = imgs[j], float(vals[j])
+                if store is not None:
+                    store.put(keys[i], imgs[j], float(vals[j]), objs[i].key)
+    for i in todo:
+        j = first[objs[i].key]
+        images[i], values[i] = images[j], values[j]
+
+    return RenderResult(
+        images=torch.stack(images), values=torch.tensor(values, dtype=torch.float32), objectives=objs,
+        size=size, steps=steps, seed=seed, cached=cached,
+    )
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _probe_shapes(model: nn.Module, layer_names: list[str], channels: int, size: int) -> dict[str, tuple[int, ...]]:
+    """Output shapes ``{layer: (C, H, W)}`` of the target layers for a grey ``[1, C, size, size]`` image."""
+    device, dtype = _device_dtype(model)
+    x = input_spec(model).normalize(torch.full((1, channels, size, size), 0.5, device=device, dtype=dtype))
+    with torch.no_grad():
+        acts = activations(model, x, layer_names)
+    return {k: tuple(v.shape[1:]) for k, v in acts.items()}
+
+
+def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance):
+    device, dtype = _device_dtype(model)
+    g = torch.Generator().manual_seed(seed)
+    param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
+    opt = torch.optim.Adam(param.parameters(), lr=lr)
+    layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
+
+    def evaluate(acts) -> torch.Tensor:
+        vals = [o({n: acts[n][i:i + 1] for n in o.layers}).reshape(-1) for i, o in enumerate(objs)]
+        return torch.cat(vals)
+
+    with frozen(model), Capture(model, layer_names) as cap:
+        for step in range(steps):
+            img = param.image()
+            if transforms is not None:
+                img = apply_transform(img, sample_transform(transforms, g), transforms.pad_value)
+            x = spec.normalize(img).to(dtype)
+            with RedirectReLU() if step < redirect_steps else contextlib.nullcontext():
+                acts = cap.run(x)
+                loss = -evaluate(acts).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            advance(1)
+        with torch.no_grad():
+            final = param.image()
+            vals = evaluate(cap.run(spec.normalize(final).to(dtype)))
+    return final.detach().float().cpu(), vals.detach().float().cpu()
