@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import WeightvizError
 from ..models import get_module, input_spec, layers, parse_units
 
-__all__ = ["channels", "connection", "input_layer", "units_of"]
+__all__ = ["channels", "check_direct", "connection", "input_layer", "units_of"]
 
 _PRODUCERS: weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]] = weakref.WeakKeyDictionary()
 
@@ -112,6 +112,19 @@ def _trace_producers(model: nn.Module) -> dict[str, str | None]:
     return readers
 
 
+def check_direct(model: nn.Module, layer: str) -> None:
+    """Raise :class:`WeightvizError` if ``layer`` has no weights of its own (a block, a norm layer),
+    suggesting expanded weights from the layer that feeds it."""
+    info = layers(model)[layer]
+    if info.kind != "weight":
+        try:
+            hint = f" (e.g. src={input_layer(model, layer)!r})"
+        except WeightvizError:
+            hint = ""
+        raise WeightvizError(f"layer {layer!r} ({info.type}) has no weights of its own; pass src=LAYER to show "
+                             f"expanded weights into it{hint}, or choose a conv layer")
+
+
 def connection(model: nn.Module, src: str | None, dst: str, units: list[int]) -> tuple[torch.Tensor, str]:
     """Weights ``[len(units), C_in, K, K]`` into ``units`` of ``dst`` and the layer naming the inputs.
 
@@ -122,6 +135,7 @@ def connection(model: nn.Module, src: str | None, dst: str, units: list[int]) ->
     if src is None:
         from ..models import weights
 
+        check_direct(model, dst)
         w = weights(model, dst, dense=True)[units]
         return w, input_layer(model, dst)
     from ..expand import expanded_weights

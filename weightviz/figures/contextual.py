@@ -62,7 +62,7 @@ def _source_text(src: str | None, in_layer: str) -> str:
 # --------------------------------------------------------------------------------------------- top inputs
 def _top_inputs_figure(model, layer, unit, src, k, ncols, opts, kind) -> Figure:
     from ..expand import top_inputs as rank
-    from ._wiring import input_layer
+    from ._wiring import check_direct, input_layer
 
     model = resolve(model)
     unit = _one_unit(model, layer, unit)
@@ -70,6 +70,8 @@ def _top_inputs_figure(model, layer, unit, src, k, ncols, opts, kind) -> Figure:
     ncols = _check_k(ncols, "ncols")
     if src is not None:
         layers(model)[src]  # unknown source names fail here with close-name suggestions
+    else:
+        check_direct(model, layer)
     in_layer = src if src is not None else input_layer(model, layer)
     ranked = rank(model, layer, unit, src=src, k=k)  # strongest first: channel, norm, sign, weight
     idx = [c.channel for c in ranked]
@@ -309,14 +311,12 @@ def family_grid(
 def _input_units(model: nn.Module, src: str | None, dst: str, units: Any) -> list[int]:
     if src is not None:
         return units_of(model, src, units, what=f"source layer {src!r}")
-    from ._wiring import input_layer
+    from ..models import parse_units, weights
+    from ._wiring import check_direct, input_layer
 
+    check_direct(model, dst)
     layer = input_layer(model, dst)
-    from ..models import weights
-
     n = weights(model, dst, dense=True).shape[1]
-    from ..models import parse_units
-
     out = parse_units(units, n, what=f"input of {dst!r} ({layer})")
     if not out:
         raise WeightvizError(f"no input units selected (got {units!r}); give e.g. 5, '0:8' or '3,7'")
