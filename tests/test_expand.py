@@ -1,0 +1,308 @@
+"""Expanded weights against independent references: the explicit conv_transpose2d composition
+(methods.md), a layer's own weights, and a slow hand-linearized copy with one backward per unit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import weightviz as wv
+from weightviz.errors import WeightvizError
+
+
+# ------------------------------------------------------------------------------ independent references
+def hand_linearized(model: nn.Module) -> nn.Module:
+    """A copy with activation/dropout modules replaced by Identity and max-pool by avg-pool (Captum style)."""
+    m = copy.deepcopy(model).eval()
+    for mod in list(m.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout)):
+                setattr(mod, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                ceil_mode=child.ceil_mode, count_include_pad=True))
+    return m
+
+
+def slow_expanded(model, src, dst, units, size, monkeypatch) -> torch.Tensor:
+    """One autograd backward per unit on the hand-linearized copy, full ``src`` map ``[U, C, H, W]``."""
+    lin = hand_linearized(model)
+    mods = dict(lin.named_modules())
+    cap = {}
+
+    def src_hook(_m, _i, out):
+        cap["z"] = torch.zeros_like(out, requires_grad=True)
+        return cap["z"] * 1.0
+
+    def dst_hook(_m, _i, out):
+        cap["y"] = out
+
+    h1 = mods[src].register_forward_hook(src_hook)
+    h2 = mods[dst].register_forward_hook(dst_hook)
+    try:
+        with monkeypatch.context() as mp, torch.enable_grad():
+            mp.setattr(F, "relu", lambda x, inplace=False: x)  # torchvision BasicConv2d calls F.relu
+            lin(torch.zeros(1, 3, size, size))
+    finally:
+        h1.remove()
+        h2.remove()
+    y = cap["y"]
+    h, w = y.shape[-2:]
+    t = ((h - 1) // 2, (w - 1) // 2)
+    rows = []
+    for u in units:
+        (g,) = torch.autograd.grad(y[0, u, t[0], t[1]], cap["z"], retain_graph=True)
+        rows.append(g[0])
+    return torch.stack(rows)
+
+
+def embed_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """Smallest ``|ref - ours placed at some offset| / |ref|`` over all placements of ours ``[U, C, K, K]``
+    inside the reference map ``[U, C, H, W]`` (so the check does not trust our own field position)."""
+    kh, kw = ours.shape[-2:]
+    h, w = ref.shape[-2:]
+    best = float("inf")
+    for r in range(h - kh + 1):
+        for c in range(w - kw + 1):
+            emb = torch.zeros_like(ref)
+            emb[..., r:r + kh, c:c + kw] = ours
+            best = min(best, float((ref - emb).norm() / ref.norm()))
+    return best
+
+
+# ------------------------------------------------------------------------ exact composition identity
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3)),
+    k1=st.integers(1, 4), k2=st.integers(1, 4),
+    s1=st.integers(1, 3), s2=st.integers(1, 2),
+    d1=st.integers(1, 2), d2=st.integers(1, 2),
+    p1=st.integers(0, 2), p2=st.integers(0, 2),
+    middle=st.sampled_from(["none", "bn_relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_two_convs_equal_conv_transpose_composition(c, k1, k2, s1, s2, d1, d2, p1, p2, middle, seed):
+    torch.manual_seed(seed)
+    c0, c1, c2 = c
+    conv1 = nn.Conv2d(c0, c1, k1, stride=s1, dilation=d1, padding=p1)
+    conv2 = nn.Conv2d(c1, c2, k2, stride=s2, dilation=d2, padding=p2)
+    mid: list[nn.Module] = []
+    w1 = conv1.weight.detach()
+    if middle == "bn_relu":
+        bn = nn.BatchNorm2d(c1)
+        with torch.no_grad():
+            bn.weight.uniform_(-2, 2)
+            bn.running_var.uniform_(0.5, 2)
+            bn.running_mean.uniform_(-1, 1)
+        mid = [bn, nn.ReLU()]
+        w1 = w1 * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()[:, None, None, None]
+    model = nn.Sequential(nn.Identity(), conv1, *mid, conv2).eval()
+    dst = str(len(model) - 1)
+    expected = F.conv_transpose2d(conv2.weight.detach(), w1, stride=s1 * d2, dilation=d1)
+    got = wv.expanded_weights(model, "0", dst)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_from_model_input_and_receptive_field_of_a_conv_stack():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1)).eval()
+    rf = wv.receptive_field(model, "2")
+    assert rf.size == (7, 7) and rf.stride == (2, 2) and not rf.truncated  # 2*(3-1) + 3 = 7
+    got = wv.expanded_weights(model, None, "2")
+    expected = F.conv_transpose2d(model[2].weight.detach(), model[0].weight.detach(), stride=2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wv.expanded_weights(model, None, "0"), wv.weights(model, "0"))
+
+
+# ------------------------------------------------------------------- adjacent layers = their weights
+@pytest.mark.parametrize("src, dst", [
+    ("blocks.2.0.bn1", "blocks.2.0.conv_dw"),     # depthwise 5x5, stride 2, asymmetric TF-SAME (Conv2dSame)
+    ("blocks.2.1.bn2", "blocks.2.1.conv_pwl"),  # output of BatchNormAct2d (ReLU6 inside), 1x1
+])
+def test_adjacent_layers_give_their_dense_weights_lite0(lite0, src, dst):
+    got = wv.expanded_weights(lite0, src, dst)
+    assert torch.equal(got, wv.weights(lite0, dst, dense=True))
+
+
+def test_adjacent_layers_across_reused_relu_resnet(resnet18):
+    got = wv.expanded_weights(resnet18, "layer1.0.bn1", "layer1.0.conv2")
+    assert torch.equal(got, wv.weights(resnet18, "layer1.0.conv2"))
+
+
+# ----------------------------------------------------------------------- against the slow reference
+@pytest.mark.parametrize("src, dst, units, size", [
+    ("inception3a", "inception3b.branch3.1.conv", [0, 17, 63, 95], 64),   # bottleneck jump, F.relu inside
+    ("maxpool2", "inception3a", [0, 70, 200, 255], 64),                   # all branches incl. max-pool one
+])
+def test_googlenet_matches_slow_reference(googlenet, monkeypatch, src, dst, units, size):
+    ours = wv.expanded_weights(googlenet, src, dst, units=units)
+    ref = slow_expanded(googlenet, src, dst, units, size, monkeypatch)
+    assert embed_error(ours, ref) <= 1e-5
+
+
+def test_resnet18_matches_slow_reference_and_paths_sum(resnet18, monkeypatch):
+    units = [0, 5, 33, 63]
+    res = wv.expanded_weights(resnet18, "layer1.0", "layer1.1", units=units, paths=True)
+    ref = slow_expanded(resnet18, "layer1.0", "layer1.1", units, 48, monkeypatch)
+    assert embed_error(res.total, ref) <= 1e-5
+    assert set(res.paths) == {"layer1.1:layer1.1.bn2", "layer1.1:layer1.0"}
+    torch.testing.assert_close(sum(res.paths.values()), res.total, rtol=1e-6, atol=1e-6)
+    # the skip path is the identity at the centre of the field (hand-computed)
+    skip = res.paths["layer1.1:layer1.0"]
+    k = res.field.size[0]
+    eye = torch.zeros_like(skip)
+    eye[torch.arange(4), torch.tensor(units), k // 2, k // 2] = 1
+    assert torch.equal(skip, eye)
+
+
+def test_lite0_block_to_block_matches_slow_reference(lite0, monkeypatch):
+    units = [0, 11, 40, 79]
+    ours = wv.expanded_weights(lite0, "blocks.2.0", "blocks.3.0", units=units)
+    ref = slow_expanded(lite0, "blocks.2.0", "blocks.3.0", units, 128, monkeypatch)
+    assert ours.shape[-2:] == (7, 7)  # 5x5 depthwise (stride 1) then 3x3 depthwise (stride 2): 5 + 2
+    assert embed_error(ours, ref) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------ paths and via
+def test_googlenet_concat_paths_are_the_branches(googlenet):
+    units = [3, 130, 330, 420]   # one unit in each branch of inception3b (128 | 192 | 96 | 64 channels)
+    res = wv.expanded_weights(googlenet, "inception3a", "inception3b", units=units, paths=True)
+    names = [f"inception3b:inception3b.branch{i}" for i in (1, 2, 3, 4)]
+    assert list(res.paths) == names
+    torch.testing.assert_close(sum(res.paths.values()), res.total, rtol=1e-6, atol=1e-7)
+    for i, name in enumerate(names):
+        norms = res.paths[name].flatten(1).norm(dim=1)
+        assert norms[i] > 0 and torch.all(norms[torch.arange(4) != i] == 0)
+
+
+def test_via_bottleneck_sums_to_total(googlenet):
+    res = wv.expanded_weights(googlenet, "inception3a", "inception3b.branch3.1.conv", units=[1, 50],
+                              via="inception3b.branch3.0.conv")
+    assert res.via.shape == (2, 32, 256, 3, 3)
+    torch.testing.assert_close(res.via.sum(1), res.total, rtol=1e-4, atol=1e-6)
+    assert res.bypass.abs().max() <= 1e-5 * res.total.abs().max()
+    # per-unit contributions = expanded(src -> mid unit) composed with expanded(mid unit -> dst)
+    e1 = wv.expanded_weights(googlenet, "inception3a", "inception3b.branch3.0.conv", units=[7])[0]
+    w2 = wv.weights(googlenet, "inception3b.branch3.1.conv")
+    bn = googlenet.inception3b.branch3[0].bn
+    scale = float(bn.weight[7] / torch.sqrt(bn.running_var[7] + bn.eps))
+    expected = F.conv_transpose2d(w2[[1, 50], 7:8] * scale, e1[None])
+    torch.testing.assert_close(res.via[:, 7], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_via_with_skip_returns_bypass_and_top_k(resnet18):
+    res = wv.expanded_weights(resnet18, "layer1.0", "layer1.1", units=[2, 9], paths=True,
+                              via="layer1.1.conv1", top=5)
+    torch.testing.assert_close(res.bypass, res.paths["layer1.1:layer1.0"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.via.sum(1) + res.remainder, res.total)
+    full = wv.expanded_weights(resnet18, "layer1.0", "layer1.1", units=[2, 9], via="layer1.1.conv1")
+    norms = full.via.flatten(2).norm(dim=2)
+    torch.testing.assert_close(res.via_units, norms.topk(5, dim=1).indices)
+    torch.testing.assert_close(full.via.sum(1) + full.bypass, full.total, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ top inputs
+def test_top_inputs_direct_and_expanded(resnet18, lite0):
+    w = wv.weights(resnet18, "layer1.0.conv1")[7]
+    top = wv.top_inputs(resnet18, "layer1.0.conv1", 7, k=5)
+    norms = w.flatten(1).norm(dim=1)
+    assert [c.channel for c in top] == norms.argsort(descending=True)[:5].tolist()
+    for c in top:
+        assert c.norm == pytest.approx(float(norms[c.channel]))
+        assert c.sign == (1 if w[c.channel].sum() > 0 else -1)
+        assert torch.equal(c.weight, w[c.channel])
+    # grouped conv: dense weights, a depthwise unit has exactly one input
+    dw = wv.top_inputs(lite0, "blocks.2.0.conv_dw", 5, k=3)
+    assert dw[0].channel == 5 and dw[1].norm == 0
+    e = wv.expanded_weights(lite0, "blocks.2.0", "blocks.3.0", units=[4])[0]
+    top = wv.top_inputs(lite0, "blocks.3.0", 4, src="blocks.2.0", k=3)
+    assert [c.channel for c in top] == e.flatten(1).norm(dim=1).argsort(descending=True)[:3].tolist()
+    assert top[0].weight.shape == e.shape[1:]
+
+
+# ------------------------------------------------------------------------ model unchanged, bad input
+def test_model_unchanged_and_works_under_no_grad(tiny):
+    tiny.train()
+    x = torch.randn(2, 3, 16, 16)
+    tiny.eval()
+    before = tiny(x)
+    tiny.train()
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    with torch.no_grad():
+        e = wv.expanded_weights(tiny, "conv1", "conv3")
+    assert e.shape == (4, 8, 3, 3) and not e.requires_grad
+    assert tiny.training and all(m.training for m in tiny.modules())
+    for m in tiny.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    assert all(torch.equal(v, state[k]) for k, v in tiny.state_dict().items())
+    tiny.eval()
+    assert torch.equal(tiny(x), before)
+    with torch.inference_mode():
+        e2 = wv.expanded_weights(tiny, "conv1", "conv3", units=[1])
+    torch.testing.assert_close(e2, e[1:2])
+
+
+def test_bad_input_raises_one_line_errors(tiny):
+    with pytest.raises(WeightvizError, match="unknown layer 'conv9'.*conv1"):
+        wv.expanded_weights(tiny, "conv1", "conv9")
+    with pytest.raises(WeightvizError, match="unit 4 out of range"):
+        wv.expanded_weights(tiny, "conv1", "conv3", units=[4])
+    with pytest.raises(WeightvizError, match="runs before"):
+        wv.expanded_weights(tiny, "conv3", "conv1")
+    with pytest.raises(WeightvizError, match="same layer"):
+        wv.expanded_weights(tiny, "conv1", "conv1")
+    with pytest.raises(WeightvizError, match="top="):
+        wv.expanded_weights(tiny, "conv1", "conv3", top=3)
+    with pytest.raises(WeightvizError, match="k must be"):
+        wv.top_inputs(tiny, "conv3", 0, k=0)
+    with pytest.raises(WeightvizError, match="unit 9 out of range"):
+        wv.top_inputs(tiny, "conv3", 9)
+    for m in tiny.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_no_route_and_unlinearizable_op_between(googlenet):
+    with pytest.raises(WeightvizError, match="does not depend"):
+        wv.expanded_weights(googlenet, "inception3a.branch1", "inception3a.branch2.0.conv")
+
+    class Soft(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3)
+            self.b = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.softmax(self.a(x), dim=1))
+
+    with pytest.raises(WeightvizError, match="torch.softmax"):
+        wv.expanded_weights(Soft().eval(), "a", "b")
+
+
+def test_custom_autograd_function_is_refused():
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 3  # wrong on purpose: expanded weights must not trust it
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 2, 1)
+            self.b = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return self.b(Twice.apply(self.a(x)))
+
+    with pytest.raises(WeightvizError, match="autograd disabled"):
+        wv.expanded_weights(Net().eval(), "a", "b")

@@ -1,0 +1,469 @@
+"""Automatic, reversible linearization of a model's forward pass (for expanded weights).
+
+Inside :func:`linearized`, a :class:`torch.overrides.TorchFunctionMode` watches every torch call that
+touches a *tracked* tensor (one that depends on the model input, or on a tensor handed to
+:meth:`Linearizer.track`) and replaces each nonlinear op by its closest linear stand-in. Because it
+intercepts torch calls, not modules, it also catches functional calls (``F.relu(x)``, ``torch.relu``,
+``x.relu_()``, ``x.clamp(min=0)``), activation modules reused several times in one forward (torchvision
+ResNet), activations hidden inside other modules (timm ``BatchNormAct2d``) and TF-"SAME" padding
+(``F.pad`` is linear and kept as is).
+
+Replacements (each activation becomes the linear piece it follows for large positive inputs):
+
+======================================================  =========================================
+op (module, functional, method and in-place forms)      stand-in
+======================================================  =========================================
+relu, relu6, hardtanh, clamp/clip/clamp_min/clamp_max,  identity (in-place forms return the input
+threshold, leaky_relu, prelu, rrelu, elu, celu, gelu,   unchanged)
+silu, mish, hardswish, softplus
+dropout (all variants), local_response_norm             identity
+sigmoid, hardsigmoid (squeeze-excite gates)             the constant ``gate`` (default 0.5 = their
+                                                        value at zero input); the gate's own input
+                                                        branch therefore drops out
+max_pool{1,2,3}d, adaptive_max_pool{1,2,3}d             avg_pool / adaptive_avg_pool of the same
+                                                        window, stride and padding (zero padding
+                                                        counted, never -inf)
+batch_norm with running statistics (eval)               kept: it is affine
+======================================================  =========================================
+
+Linear ops (conv, linear, avg-pool, pad, interpolate, reshapes, slicing, add/sub/cat/stack, products
+and divisions where only one factor is tracked, ...) run unchanged. Any other op on a tracked tensor
+(softmax, layer_norm, group_norm, tanh, a product of two tracked tensors, ...) raises
+:class:`~weightviz.WeightvizError` naming the op. Ops on untracked tensors (everything computed before
+the tracked source, or independent of it) are never touched.
+
+While the context is active the model runs in eval mode; afterwards every module's train/eval flag is
+restored and nothing else of the model is changed (no hooks remain, weights untouched).
+
+>>> import torch, weightviz as wv
+>>> model = wv.load_model("torchvision:resnet18")                    # doctest: +SKIP
+>>> x = torch.randn(1, 3, 64, 64)
+>>> with wv.linearized(model):                                       # doctest: +SKIP
+...     y = model(x)          # the ReLU-free, avg-pooled, affine version of resnet18
+>>> y.shape                                                          # doctest: +SKIP
+torch.Size([1, 1000])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import WeightvizError
+
+__all__ = ["DEFAULT_GATE", "Linearizer", "linearized"]
+
+#: Value that sigmoid-like gates are frozen to (sigmoid(0) = hardsigmoid(0) = 0.5).
+DEFAULT_GATE = 0.5
+
+# ------------------------------------------------------------------------------------------ op tables
+# Activations replaced by the identity; value = position of the positional ``inplace`` argument.
+_IDENTITY_INPLACE_ARG: dict[str, int | None] = {
+    "relu": 1, "relu6": 1, "hardtanh": 3, "clamp": None, "clip": None, "clamp_min": None,
+    "clamp_max": None, "threshold": 3, "leaky_relu": 2, "prelu": None, "rrelu": 4, "elu": 2, "celu": 2,
+    "gelu": None, "silu": 1, "mish": 1, "hardswish": 1, "softplus": None,
+    "dropout": 3, "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
+    "feature_alpha_dropout": 3, "feature_dropout": 3, "local_response_norm": None,
+}
+_GATE_INPLACE_ARG: dict[str, int | None] = {"sigmoid": None, "hardsigmoid": 1}
+_MAX_POOLS = {
+    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3,
+    "max_pool1d_with_indices": 1, "max_pool2d_with_indices": 2, "max_pool3d_with_indices": 3,
+}
+_ADAPTIVE_MAX_POOLS = {
+    "adaptive_max_pool1d": 1, "adaptive_max_pool2d": 2, "adaptive_max_pool3d": 3,
+    "adaptive_max_pool1d_with_indices": 1, "adaptive_max_pool2d_with_indices": 2,
+    "adaptive_max_pool3d_with_indices": 3,
+}
+# Linear in the first argument; every other tensor argument must be untracked.
+_LINEAR_FIRST = {
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
+    "batch_norm", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "pad", "constant_pad_nd", "interpolate", "upsample", "upsample_nearest",
+    "upsample_bilinear", "grid_sample", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
+    "native_channel_shuffle", "view", "reshape", "flatten", "unflatten", "permute", "transpose", "t",
+    "contiguous", "squeeze", "unsqueeze", "expand", "repeat", "narrow", "select", "chunk", "split",
+    "split_with_sizes", "tensor_split", "unbind", "clone", "to", "float", "double", "half", "bfloat16",
+    "type", "cpu", "cuda", "roll", "flip", "fliplr", "flipud", "rot90", "unfold", "fold", "movedim",
+    "moveaxis", "swapaxes", "swapdims", "sum", "mean", "cumsum", "neg", "negative", "positive",
+    "__neg__", "__pos__", "diagonal", "tile", "gather", "index_select", "take", "masked_fill",
+    "masked_fill_", "__getitem__", "real", "conj", "div", "div_", "divide", "true_divide",
+    "__truediv__", "__itruediv__", "__div__", "requires_grad_", "retain_grad",
+    "__get__:T", "__get__:mT", "__get__:H", "__get__:mH", "__get__:real",
+}
+# Linear ops with weights (replaced by positive stand-ins in structural mode).
+_WEIGHTED = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+             "linear", "batch_norm"}
+# Linear in the first argument; the second is only read for its shape/dtype.
+_SHAPE_SECOND = {"view_as", "reshape_as", "expand_as", "type_as"}
+# Sums / concatenations: any number of tracked operands (these are the "merges" of routes).
+_ADD_BINARY = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__",
+               "__isub__", "rsub", "subtract"}
+_CAT = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"}
+_OTHER_ADDITIVE = {"where", "__setitem__", "copy_"}
+# Products: linear when exactly one tensor operand is tracked.
+_MULTILINEAR = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "matmul", "__matmul__",
+                "__rmatmul__", "mm", "bmm", "einsum", "outer", "tensordot", "kron"}
+# Results do not depend on the values (untracked output).
+_SHAPE_ONLY = {
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+    "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "size", "dim", "numel", "nelement",
+    "ndimension", "stride", "is_contiguous", "is_floating_point", "is_complex", "element_size",
+    "__len__", "data_ptr", "storage_offset", "get_device", "__format__", "__repr__", "detach",
+    "detach_", "__hash__",
+}
+
+Merge = Callable[[str, Sequence[torch.Tensor]], "int | None"]
+
+
+def op_name(func: Any) -> str:
+    """A readable name of a torch callable: ``torch.softmax``, ``Tensor.relu_``, ``torch.nn.functional.gelu``."""
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__":
+        return f"Tensor.{getattr(getattr(func, '__self__', None), '__name__', '?')}"
+    qual = getattr(func, "__qualname__", "") or ""
+    mod = getattr(func, "__module__", None)
+    if qual.startswith(("TensorBase.", "Tensor.")) or mod is None:
+        return f"Tensor.{name}"
+    if mod in ("torch", "torch._C._VariableFunctions") or qual.startswith("_VariableFunctionsClass"):
+        return f"torch.{name}"
+    if mod == "torch._C._nn":
+        return f"torch.nn.functional.{name}"
+    return f"{mod}.{name}"
+
+
+def _key(func: Any) -> str:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return "__get__:" + str(getattr(getattr(func, "__self__", None), "__name__", ""))
+    return name
+
+
+def _leaves(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _leaves(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _leaves(o)
+
+
+def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
+    """Untracked floating tensors -> float64 (absolute values if ``positive``); numbers -> abs if positive."""
+    if isinstance(obj, torch.Tensor):
+        if mode.is_tracked(obj) or not obj.is_floating_point():
+            return obj
+        obj = obj.detach().double()
+        return obj.abs() if positive else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_f64(mode, o, positive) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_f64(mode, v, positive) for k, v in obj.items()}
+    if positive and isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return abs(obj)
+    return obj
+
+
+def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if index is not None and len(args) > index:
+        return args[index]
+    return default
+
+
+class Linearizer(TorchFunctionMode):
+    """The torch-function mode behind :func:`linearized` (see the module docstring for the op table).
+
+    Tracked tensors are those passed to :meth:`track` and every result computed from them. ``merge``,
+    if given, is called for each sum/concatenation of two or more tracked tensors with the op name and
+    the tracked operands; it returns the index of the one operand whose dependence to keep (the others
+    are detached: used by per-path expanded weights) or ``None`` to keep all.
+    """
+
+    def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
+                 require_grad: bool = False, merge: Merge | None = None, structural: bool = False):
+        super().__init__()
+        self.gate = float(gate)
+        self.source = source
+        self.require_grad = require_grad
+        self.merge = merge
+        self.structural = structural
+        self._tracked: dict[int, torch.Tensor] = {}
+
+    # -- tracking ---------------------------------------------------------------------------------
+    def track(self, *tensors: Any) -> None:
+        """Mark tensors (and, from now on, everything computed from them) as inputs of the linear map."""
+        for t in _leaves(tensors):
+            self._tracked[id(t)] = t
+
+    def untrack(self, t: torch.Tensor) -> None:
+        self._tracked.pop(id(t), None)
+
+    def is_tracked(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and self._tracked.get(id(t)) is t
+
+    def clear(self) -> None:
+        self._tracked.clear()
+
+    # -- the mode -----------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tracked = [t for t in _leaves((args, kwargs)) if self.is_tracked(t)]
+        if not tracked:
+            return func(*args, **kwargs)
+        key = _key(func)
+        if key.startswith("__get__:"):
+            out = func(*args, **kwargs)
+            if key in _LINEAR_FIRST:
+                self.track(out)
+            return out
+        if key in _SHAPE_ONLY:
+            return func(*args, **kwargs)
+        if self.require_grad and not torch.is_grad_enabled():
+            raise WeightvizError(
+                f"cannot linearize {op_name(func)}: it runs with autograd disabled inside the model (a custom "
+                "autograd.Function or a no_grad block), so gradients through it would not be those of the "
+                "linearized op; choose src/dst around that layer"
+            )
+        if self.structural:
+            return self._structural(func, key, args, kwargs, tracked)
+        return self._dispatch(func, key, args, kwargs, tracked)
+
+    # -- structural mode: which positions can reach which (no values, nothing may cancel) -----------
+    def _structural(self, func, key, args, kwargs, tracked):
+        """Same op table, but every weight becomes positive float64 (conv/linear: 1/fan_in, batch norm:
+        identity, other factors: their absolute value, subtractions: additions), so the gradient of a
+        sum of outputs is nonzero exactly on the positions that can reach them."""
+        name = key
+        x = args[0] if args else None
+        if name in _WEIGHTED and self.is_tracked(x):
+            self._only_first(func, args, kwargs)
+            w = _arg(args, kwargs, 1, "weight")
+            if name == "batch_norm":
+                return self._run(torch.Tensor.clone, (x,), {})
+            fan = max(1, w[0].numel())
+            pos = torch.full(w.shape, 1.0 / fan, dtype=torch.float64, device=w.device)
+            rest = list(args[3:])
+            kw = {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
+            return self._run(func, (x, pos, None, *rest), kw)
+        args, kwargs = _to_f64(self, args, positive=name in _MULTILINEAR), _to_f64(self, kwargs,
+                                                                                   positive=name in _MULTILINEAR)
+        if name in _ADD_BINARY and len(tracked) > 1:
+            a, b = args[0], args[1]
+            if name in ("add_", "sub_", "__iadd__", "__isub__"):
+                return self._run(torch.Tensor.add_, (a, b), {})
+            return self._run(torch.add, (a, b), {})
+        if name in ("add", "add_", "sub", "sub_", "__rsub__", "rsub", "subtract") and "alpha" in kwargs:
+            kwargs = {**kwargs, "alpha": abs(kwargs["alpha"])}
+        return self._dispatch(func, key, args, kwargs, tracked)
+
+    def _fail(self, func: Any, why: str) -> WeightvizError:
+        return WeightvizError(
+            f"cannot linearize {op_name(func)} applied to a tensor that depends on {self.source}: {why}. "
+            "Expanded weights replace ReLU-like activations by the identity, sigmoid gates by a constant, "
+            "max-pool by avg-pool; choose src/dst so that no route between them passes through this op"
+        )
+
+    def _dispatch(self, func, key, args, kwargs, tracked):
+        name = key
+        x = args[0] if args else None
+        # -- activations -> identity
+        base = name[:-1] if name.endswith("_") and not name.startswith("__") else name
+        if base in _IDENTITY_INPLACE_ARG and self.is_tracked(x):
+            self._only_first(func, args, kwargs)
+            inplace = name.endswith("_") and not name.startswith("__")
+            if not inplace and _IDENTITY_INPLACE_ARG[base] is not None:
+                inplace = bool(_arg(args, kwargs, _IDENTITY_INPLACE_ARG[base], "inplace", False))
+            if inplace:
+                return x
+            out = x.clone()
+            self.track(out)
+            return out
+        # -- gates -> constant
+        if base in _GATE_INPLACE_ARG and self.is_tracked(x):
+            self._only_first(func, args, kwargs)
+            inplace = name.endswith("_") and not name.startswith("__")
+            if not inplace and _GATE_INPLACE_ARG[base] is not None:
+                inplace = bool(_arg(args, kwargs, _GATE_INPLACE_ARG[base], "inplace", False))
+            if inplace:
+                try:
+                    x.detach_()
+                except RuntimeError:
+                    raise self._fail(func, "an in-place gate on a view cannot be frozen") from None
+                with torch.no_grad():
+                    x.fill_(self.gate)
+                self.untrack(x)
+                return x
+            return torch.full_like(x, self.gate).detach()
+        # -- max pooling -> average pooling
+        if name in _MAX_POOLS and self.is_tracked(x):
+            self._only_first(func, args, kwargs)
+            return self._avg_pool(func, name, args, kwargs)
+        if name in _ADAPTIVE_MAX_POOLS and self.is_tracked(x):
+            self._only_first(func, args, kwargs)
+            if name.endswith("_with_indices") or _arg(args, kwargs, 2, "return_indices", False):
+                raise self._fail(func, "max-pool indices have no linear counterpart")
+            nd = _ADAPTIVE_MAX_POOLS[name]
+            fn = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[nd - 1]
+            out = fn(x, _arg(args, kwargs, 1, "output_size"))
+            self.track(out)
+            return out
+        # -- linear ops
+        if name in _LINEAR_FIRST:
+            self._only_first(func, args, kwargs)
+            if name == "batch_norm" and bool(_arg(args, kwargs, 5, "training", False)):
+                raise self._fail(func, "batch_norm with batch statistics (training mode or "
+                                       "track_running_stats=False) is not linear")
+            return self._run(func, args, kwargs)
+        if name in _SHAPE_SECOND:
+            if not self.is_tracked(x):
+                return func(*args, **kwargs)
+            return self._run(func, args, kwargs)
+        if name in _MULTILINEAR:
+            if len(tracked) > 1:
+                raise self._fail(func, "a product of two tensors that both depend on it is not linear")
+            return self._run(func, args, kwargs)
+        if name in _ADD_BINARY:
+            return self._add(func, name, args, kwargs)
+        if name in _CAT:
+            return self._cat(func, name, args, kwargs)
+        if name in _OTHER_ADDITIVE:
+            if name == "where" and self.is_tracked(_arg(args, kwargs, 0, "condition")):
+                raise self._fail(func, "a selection that depends on the values is not linear")
+            if self.merge is not None and len(tracked) > 1 and name != "where":
+                raise self._fail(func, "routes cannot be separated at this op (per-path weights)")
+            if name == "where" and self.merge is not None and len(tracked) > 1:
+                ops = [args[1], args[2]]
+                keep = self.merge(op_name(func), ops)
+                if keep is not None:
+                    args = (args[0], *(t if i == keep else t.detach() for i, t in enumerate(ops)), *args[3:])
+            return self._run(func, args, kwargs)
+        raise self._fail(func, "it is nonlinear (or unknown to weightviz) and has no linear stand-in")
+
+    def _only_first(self, func, args, kwargs) -> None:
+        rest = [t for t in _leaves((args[1:], kwargs)) if self.is_tracked(t)]
+        if rest:
+            raise self._fail(func, "it is linear only in its first argument, but another argument depends on it "
+                                   "too (e.g. a weight computed from the activations)")
+
+    def _run(self, func, args, kwargs):
+        out = func(*args, **kwargs)
+        self.track(out)
+        return out
+
+    def _avg_pool(self, func, name, args, kwargs):
+        nd = _MAX_POOLS[name]
+        x = args[0]
+        kernel = _arg(args, kwargs, 1, "kernel_size")
+        stride = _arg(args, kwargs, 2, "stride", None)
+        padding = _arg(args, kwargs, 3, "padding", 0)
+        dilation = _arg(args, kwargs, 4, "dilation", 1)
+        ceil_mode = bool(_arg(args, kwargs, 5, "ceil_mode", False))
+        if name.endswith("_with_indices") or _arg(args, kwargs, 6, "return_indices", False):
+            raise self._fail(func, "max-pool indices have no linear counterpart")
+        dil = tuple(dilation) if isinstance(dilation, (list, tuple)) else (dilation,)
+        if any(int(d) != 1 for d in dil):
+            raise self._fail(func, "a dilated max-pool has no average-pool counterpart")
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+            stride = kernel
+        fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+        out = fn(x, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=True)
+        self.track(out)
+        return out
+
+    def _add(self, func, name, args, kwargs):
+        a = args[0] if args else kwargs.get("input")
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        ops = [t for t in (a, b) if self.is_tracked(t)]
+        if self.merge is None or len(ops) < 2:
+            return self._run(func, args, kwargs)
+        keep = self.merge(op_name(func), [a, b])
+        if keep is None:
+            return self._run(func, args, kwargs)
+        inplace = name in ("add_", "sub_", "__iadd__", "__isub__")
+        if keep == 0:
+            return self._run(func, (a, b.detach(), *args[2:]), {k: v for k, v in kwargs.items() if k != "other"})
+        if inplace:  # keep only `other`: cut the history of `self` in place, values stay
+            try:
+                a.detach_()
+            except RuntimeError:  # a view: fall back to an out-of-place result (fine for `x += y`)
+                a = a.detach()
+            self.untrack(a)
+            return self._run(func, (a, b, *args[2:]), {k: v for k, v in kwargs.items() if k not in ("input", "other")})
+        return self._run(func, (a.detach(), b, *args[2:]),
+                         {k: v for k, v in kwargs.items() if k not in ("input", "other")})
+
+    def _cat(self, func, name, args, kwargs):
+        seq = args[0] if args else kwargs.get("tensors")
+        n_tracked = sum(1 for t in seq if self.is_tracked(t))
+        if self.merge is None or n_tracked < 2:
+            return self._run(func, args, kwargs)
+        seq = list(seq)
+        keep = self.merge(op_name(func), seq)
+        if keep is not None:
+            seq = [t if i == keep or not isinstance(t, torch.Tensor) else t.detach() for i, t in enumerate(seq)]
+        if args:
+            return self._run(func, (seq, *args[1:]), kwargs)
+        return self._run(func, (), {**kwargs, "tensors": seq})
+
+
+@contextlib.contextmanager
+def linearized(
+    model: nn.Module,
+    *,
+    gate: float = DEFAULT_GATE,
+    track_inputs: bool = True,
+    source: str | None = None,
+    require_grad: bool = False,
+    merge: Merge | None = None,
+    structural: bool = False,
+) -> Iterator[Linearizer]:
+    """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
+
+    Every nonlinear op applied to a tensor that depends on the model input is replaced by its linear
+    stand-in (table in :mod:`weightviz.linear`): ReLU-like activations -> identity, sigmoid gates ->
+    the constant ``gate`` (0.5 by default, the gate's value at zero input), max-pool -> avg-pool,
+    dropout/LRN -> identity, batch norm keeps its affine eval form. Unknown nonlinear ops raise
+    :class:`~weightviz.WeightvizError` naming the op. The result of ``model(x)`` is then an affine
+    function of ``x`` (``[B, C, H, W]`` in, whatever the model returns out).
+
+    With ``track_inputs=False`` nothing is tracked until :meth:`Linearizer.track` is called (used by
+    :func:`weightviz.expanded_weights` to linearize only what depends on layer ``src``).
+
+    >>> import torch, weightviz as wv
+    >>> m = wv.load_model("torchvision:resnet18")                    # doctest: +SKIP
+    >>> with wv.linearized(m):                                       # doctest: +SKIP
+    ...     y = m(torch.zeros(1, 3, 64, 64))
+    >>> y.shape                                                      # doctest: +SKIP
+    torch.Size([1, 1000])
+    """
+    if not isinstance(model, nn.Module):
+        raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
+    mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
+                      structural=structural)
+    flags = [(m, m.training) for m in model.modules()]
+    handle = None
+    if track_inputs:
+        def pre_hook(_module, args, kwargs):
+            mode.track(args, kwargs)
+
+        handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        model.eval()
+        with mode:
+            yield mode
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in flags:
+            m.training = flag
+        mode.clear()
