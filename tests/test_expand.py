@@ -306,3 +306,34 @@ def test_custom_autograd_function_is_refused():
 
     with pytest.raises(WeightvizError, match="autograd disabled"):
         wv.expanded_weights(Net().eval(), "a", "b")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_expand_figure_and_tensor(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from weightviz.cli import main
+
+    png, st = tmp_path / "e.png", tmp_path / "e.safetensors"
+    args = ["expand", "torchvision:resnet18", "layer1.0", "layer1.1.conv1", "--unit", "4,9", "--top", "5",
+            "-o", str(png), "--save", str(st)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    saved = load_file(str(st))
+    assert saved["expanded_weights"].shape == (2, 64, 3, 3) and saved["units"].tolist() == [4, 9]
+    w = saved["expanded_weights"][0]
+    table = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[1]) for r in table] == w.flatten(1).norm(dim=1).argsort(descending=True)[:5].tolist()
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_expand_bad_input_exits_2_before_work(tmp_path, capsys):
+    from weightviz.cli import main
+
+    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer1.1", "-o", str(tmp_path / "x.jpg")]) == 2
+    assert "must end in one of .png, .svg" in capsys.readouterr().err
+    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer1.1", "--save", str(tmp_path / "x.pt")]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layer 'layer9'" in err and err.strip().count("\n") == 0
