@@ -1,0 +1,111 @@
+"""`weightviz explore` (static explorer site) and `weightviz serve` (the same pages, live)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import MODEL_HELP, app, err_console, load
+
+_LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers MODEL` (default: the model's "
+                "outermost blocks; for EfficientNet-Lite0 the stage entries blocks.0.0 ... blocks.6.0).")
+_UNITS_HELP = "Units that get pages, in every layer: '0:16', '3,7,9' (default: all)."
+
+
+def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int):
+    from ..explore import ExploreConfig
+
+    return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed)
+
+
+@app.command("explore")
+def explore_cmd(
+    model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
+    output: Path = typer.Option(..., "--output", "-o", help="Site directory (new, empty, or an earlier site to update)."),
+    layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP),
+    units: str = typer.Option(None, "--units", "-u", help=_UNITS_HELP),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (1 = this process)."),
+    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
+    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = typer.Option(1, "--sources", help="Earlier explored layers each unit's inputs are also "
+                                "expanded from (besides the layer feeding it directly)."),
+    factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
+    cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders)."),
+) -> None:
+    """Write a static explorer site: index of layers, a page per layer (FV + NMF image of every unit) and
+    per unit (top inputs direct and expanded, top outputs, weight factors, banding), all linked.
+
+    Opens from disk (no server). Re-running skips what is already built.
+
+    Example: weightviz explore lite0 -o site/ --layers blocks.1.0,blocks.2.0,blocks.3.0 --units 0:16
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..explore import Explorer, build_site
+    from ..explore.site import check_root
+
+    check_root(output)  # before any work: not a file, not a foreign non-empty directory, writable
+    if jobs < 1:
+        from ..errors import WeightvizError
+
+        raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
+    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    m = load(model)
+    with err_console.status("planning", spinner="dots"):
+        ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
+    n_pages = sum(len(v) for v in ex.units.values())
+    err_console.print(f"exploring {len(ex.layers)} layers of {model} ({', '.join(ex.layers)}): {n_pages} unit pages",
+                      markup=False, highlight=False)
+    names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations", "page": "pages"}
+    with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = build_site(model if jobs > 1 else m, output, config=cfg, jobs=jobs, progress=progress,
+                            explorer=ex)
+    typer.echo(f"wrote {report.index} ({report.summary()})")
+    typer.echo(f"open it: file://{report.index.resolve()}")
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default is only reachable from "
+                             "this machine."),
+    layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
+    units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
+    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
+    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = typer.Option(1, "--sources", help="Earlier explored layers to expand inputs from."),
+    factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
+    db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
+) -> None:
+    """Serve the explorer live: pages computed on demand and cached in SQLite (keyed by the model's
+    weights hash). Any layer and any earlier source layer can be browsed.
+
+    Example: weightviz serve lite0 --port 8000   (then open http://127.0.0.1:8000/)
+    """
+    from ..errors import WeightvizError
+    from ..explore import Explorer
+    from ..explore.server import serve
+
+    if not 0 <= port <= 65535:
+        raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
+    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    m = load(model)
+    with err_console.status("planning", spinner="dots"):
+        ex = Explorer(m, layers, units, config=cfg, name=model)
+    serve(ex, host, port, cache=db, verbose=verbose,
+          announce=lambda line: typer.echo(line))

@@ -1,0 +1,214 @@
+"""Explorer build jobs and the executors that run them.
+
+The static site is built as a list of independent :class:`Job` records, plain picklable data: a
+``kind`` (``"weights"``, ``"render"`` or ``"page"``), JSON-able ``inputs``, the ``outputs`` (paths
+relative to the site root) the job writes, and a ``key`` (a hash of everything the outputs depend on).
+A job runs as ``run_job(job, context)`` in whatever process an :class:`Executor` chooses: the same list
+can run serially, in a local process pool, or (later) on a distributed engine, because nothing but the
+job record and the model spec crosses the process boundary.
+
+>>> jobs = [Job("page", {"page": "index"}, ("index.html",))]
+>>> [r for _, r in SerialExecutor(state="model").imap(lambda state, job: (state, job.kind), jobs)]
+[('model', 'page')]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .._io import atomic_path
+from ..errors import WeightvizError
+
+__all__ = [
+    "JOB_KINDS",
+    "Executor",
+    "Job",
+    "ProcessExecutor",
+    "SerialExecutor",
+    "chunked",
+    "is_done",
+    "job_key",
+    "make_executor",
+    "mark_done",
+    "stamp_path",
+]
+
+JOB_KINDS = ("weights", "render", "page")
+# bump when the format of any output changes: every stamp then mismatches and the site rebuilds
+FORMAT_VERSION = 1
+
+
+def job_key(kind: str, inputs: dict[str, Any], salt: str = "") -> str:
+    """A stable 16-hex-digit hash of a job's kind, inputs (JSON, sorted keys) and ``salt`` (the model
+    hash and build settings)."""
+    blob = json.dumps({"kind": kind, "inputs": inputs, "salt": salt, "v": FORMAT_VERSION},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work of a site build: plain data, picklable, runnable anywhere.
+
+    ``kind``: ``"weights"`` (weights, NMF images, top inputs/outputs of one layer), ``"render"`` (feature
+    visualizations of a chunk of units/directions) or ``"page"`` (one HTML page). ``inputs``: JSON-able
+    parameters. ``outputs``: the files (relative to the site root) it writes; the job is done when all
+    exist and its stamp holds its ``key``.
+    """
+
+    kind: str
+    inputs: dict[str, Any]
+    outputs: tuple[str, ...]
+    salt: str = ""
+    key: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if self.kind not in JOB_KINDS:
+            raise WeightvizError(f"unknown job kind {self.kind!r}: use one of {', '.join(JOB_KINDS)}")
+        if not self.key:
+            object.__setattr__(self, "key", job_key(self.kind, self.inputs, self.salt))
+
+    @property
+    def id(self) -> str:
+        """A short file-name-safe id: kind + key."""
+        return f"{self.kind}-{self.key}"
+
+
+# ----------------------------------------------------------------------------------- resumability
+STAMP_DIR = ".weightviz/done"
+
+
+def stamp_path(root: Path, job: Job) -> Path:
+    """Where the stamp of a finished job lives: ``ROOT/.weightviz/done/<kind>-<key>``."""
+    return Path(root) / STAMP_DIR / job.id
+
+
+def is_done(root: Path, job: Job) -> bool:
+    """True if the job's stamp exists (its key matches: the key is the stamp's name) and every output
+    file exists."""
+    root = Path(root)
+    return stamp_path(root, job).is_file() and all((root / o).is_file() for o in job.outputs)
+
+
+def mark_done(root: Path, job: Job) -> None:
+    """Record that ``job`` finished (atomically; called after all its outputs were written)."""
+    p = stamp_path(root, job)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(p, suffix="") as tmp:
+        tmp.write_text(json.dumps({"kind": job.kind, "inputs": job.inputs, "outputs": list(job.outputs)},
+                                  default=str))
+
+
+# ----------------------------------------------------------------------------------------- executors
+@runtime_checkable
+class Executor(Protocol):
+    """Runs ``fn(state, job)`` for each job and yields ``(job, result)`` as each finishes (any order).
+
+    ``state`` is whatever the executor's ``init(*init_args)`` built once per process (e.g. the loaded
+    model); ``fn`` must be a module-level function so it can be pickled. Implementations:
+    :class:`SerialExecutor` (this process) and :class:`ProcessExecutor` (a local process pool). A
+    distributed engine only needs the same two methods.
+    """
+
+    def imap(self, fn: Callable[[Any, Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialExecutor:
+    """Run jobs one after another in this process. ``state`` is passed to every job as is (or built
+    once by ``init(*init_args)`` on first use)."""
+
+    def __init__(self, state: Any = None, init: Callable[..., Any] | None = None, init_args: tuple = ()):
+        self._state = state
+        self._init = init
+        self._init_args = init_args
+
+    def imap(self, fn: Callable[[Any, Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:
+        if self._state is None and self._init is not None:
+            self._state = self._init(*self._init_args)
+        for job in jobs:
+            yield job, fn(self._state, job)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# worker-process state, set once by the pool initializer
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(init: Callable[..., Any], args: tuple, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    _WORKER["state"] = init(*args)
+
+
+def _worker_call(fn: Callable[[Any, Job], Any], job: Job) -> Any:
+    return fn(_WORKER["state"], job)
+
+
+class ProcessExecutor:
+    """Run jobs in a pool of ``workers`` processes (spawned, not forked).
+
+    ``init(*init_args)`` runs once per worker (e.g. load the model from its spec) and its result is the
+    ``state`` passed to every ``fn(state, job)``; ``init``, its arguments and ``fn`` must be picklable.
+    Each worker uses ``threads`` torch threads so the pool does not oversubscribe the cores.
+    """
+
+    def __init__(self, workers: int, init: Callable[..., Any], init_args: tuple = (), threads: int = 1):
+        if workers < 1:
+            raise WeightvizError(f"--jobs must be at least 1, got {workers}")
+        import multiprocessing as mp
+
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("spawn"),
+            initializer=_worker_init, initargs=(init, init_args, threads),
+        )
+
+    def imap(self, fn: Callable[[Any, Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:
+        futures = {self._pool.submit(_worker_call, fn, job): job for job in jobs}
+        try:
+            for fut in cf.as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_executor(workers: int, state: Any, init: Callable[..., Any], init_args: tuple = ()):
+    """:class:`SerialExecutor` on ``state`` for ``workers <= 1``; else a :class:`ProcessExecutor` whose
+    workers build their own state with ``init(*init_args)`` and split the cores between them."""
+    if workers <= 1:
+        return SerialExecutor(state)
+    cores = os.cpu_count() or 1
+    return ProcessExecutor(workers, init, init_args, threads=max(1, cores // workers))
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive chunks of ``size`` items (the last may be shorter)."""
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])

@@ -1,0 +1,287 @@
+"""Pages and images of the explorer, shared by the static site and the live server.
+
+- :func:`unit_data`: everything a unit page shows, as JSON-able data (written by the site's
+  ``weights`` jobs, cached by the server);
+- :func:`index_html`, :func:`layer_html`, :func:`unit_html`: jinja2 pages from that data, with relative
+  links; a ``linker(layer, unit)`` decides which units get a link (the static site links only units it
+  built, the server links every unit);
+- ``*_png`` producers: the images at the paths of :mod:`.paths`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .. import __version__
+from . import _png
+from . import paths as P
+from .data import Explorer, Source
+
+__all__ = [
+    "error_html",
+    "fmap_png",
+    "heatmap_png",
+    "index_html",
+    "layer_html",
+    "nmf_png",
+    "out_png",
+    "unit_data",
+    "unit_html",
+]
+
+Linker = Callable[[str, int], bool]
+_RGB = ("R", "G", "B")
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    """The jinja2 environment over the package's templates (autoescaped)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("weightviz.explore", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _base(ex: Explorer, page_path: str, mode: str) -> dict[str, Any]:
+    cfg = ex.config
+    return {
+        "root": P.relative_root(page_path),
+        "mode": mode,
+        "version": __version__,
+        "model": {"name": ex.name, "hash": ex.hash},
+        "fvcfg": {"size": cfg.size, "steps": cfg.steps, "seed": cfg.seed},
+    }
+
+
+def _shape(info) -> str:
+    return "×".join(str(v) for v in info.out_shape) if info.out_shape else "-"
+
+
+# ------------------------------------------------------------------------------------------- data
+def _banding_text(b: dict | None, unit: int) -> tuple[float | None, str]:
+    if b is None:
+        return None, "not defined for 1×1 kernels"
+    s = float(b["score"][unit])
+    ph, pv, alpha = float(b["p_h"][unit]), float(b["p_v"][unit]), float(b["alpha"])
+    if ph < alpha:
+        return s, f"horizontal bands, p = {ph:.3g} against shuffled positions"
+    if pv < alpha:
+        return s, f"vertical bands, p = {pv:.3g} against shuffled positions"
+    return s, f"no significant banding (p ≥ {alpha:g} against shuffled positions)"
+
+
+def source_data(ex: Explorer, layer: str, unit: int, source: Source) -> dict[str, Any]:
+    """The inputs panel of one unit from one source (JSON-able)."""
+    src = source.layer
+    W = ex.weights_from(src, layer)
+    conns = ex.top_inputs(layer, unit, src)
+    score, text = _banding_text(ex.banding(layer, src), unit)
+    factors = []
+    for f in ex.factors(layer, unit, src):
+        factors.append({
+            "index": f["index"], "color": f["color"],
+            "vector": [round(float(v), 7) for v in f["vector"]],
+            "items": [{"layer": src, "unit": i, "load": load, "sign": sign} for i, load, sign in f["items"]],
+        })
+    return {
+        "src": src,
+        "label": source.label,
+        "kind": "direct weights" if source.kind == "direct" else "expanded weights (nonlinearities linearized)",
+        "c_in": int(W.shape[1]),
+        "kh": int(W.shape[2]),
+        "kw": int(W.shape[3]),
+        "vmax": _vmax(W[unit]),
+        "banding": score,
+        "banding_text": text,
+        "items": [{"layer": src, "unit": c.channel, "norm": c.norm, "sign": c.sign} for c in conns],
+        "factors": factors,
+    }
+
+
+def unit_data(ex: Explorer, layer: str, unit: int, sources: Sequence[Source] | None = None) -> dict[str, Any]:
+    """Everything the page of ``unit`` of ``layer`` shows, as JSON-able data: one inputs panel per
+    source (default :meth:`Explorer.sources`), and the outputs panel (next explored layer)."""
+    unit = ex.check_unit(layer, unit)
+    sources = list(sources) if sources is not None else ex.sources(layer)
+    data: dict[str, Any] = {"layer": layer, "unit": unit, "sources": [], "outputs": None}
+    for s in sources:
+        data["sources"].append(source_data(ex, layer, unit, s))
+    top = ex.top_outputs(layer, unit)
+    if top is not None:
+        nxt, W, items = top
+        data["outputs"] = {
+            "layer": nxt, "kh": int(W.shape[2]), "kw": int(W.shape[3]), "vmax": _vmax(W[:, unit]),
+            "items": [{"layer": nxt, "unit": o, "norm": n, "sign": s} for o, n, s in items],
+        }
+    return data
+
+
+def _vmax(w: torch.Tensor) -> float:
+    m = float(w.abs().max()) if w.numel() else 0.0
+    return m if m > 0 else 1.0
+
+
+# ------------------------------------------------------------------------------------------- images
+def nmf_png(ex: Explorer, layer: str, src: str | None, unit: int) -> bytes:
+    """The unit's NMF image (RGB weights straight from a 3-channel input), upscaled."""
+    return _png.rgb_png(ex.nmf(layer, src)["image"][unit])
+
+
+def heatmap_png(ex: Explorer, layer: str, src: str | None, unit: int, inp: int) -> bytes:
+    """Heatmap of ``W[unit, inp]`` (weights from ``src`` channel ``inp``), on the scale shared by all of
+    the unit's slices from ``src`` (its abs max)."""
+    W = ex.weights_from(src, layer)
+    return _png.heatmap_png(W[unit, inp], _vmax(W[unit]))
+
+
+def out_png(ex: Explorer, layer: str, nxt: str, unit: int, out: int) -> bytes:
+    """Heatmap of the slice from ``unit`` of ``layer`` to unit ``out`` of ``nxt``, on the scale shared
+    by all of ``unit``'s outgoing slices."""
+    W = ex.weights_from(layer, nxt)
+    return _png.heatmap_png(W[out, unit], _vmax(W[:, unit]))
+
+
+def fmap_png(ex: Explorer, layer: str, src: str | None, unit: int, factor: int) -> bytes:
+    """Spatial map of weight factor ``factor``: its colour, brightness = the factor's weight at each
+    position (divided by its max)."""
+    for f in ex.factors(layer, unit, src):
+        if f["index"] == factor:
+            m = f["map"]
+            m = m / m.max().clamp(min=1e-12)
+            img = m[..., None] * torch.tensor(f["rgb"])[None, None, :]
+            return _png.rgb_png(img)
+    raise KeyError(factor)
+
+
+def factor_vector(ex: Explorer, layer: str, src: str | None, unit: int, factor: int) -> torch.Tensor:
+    for f in ex.factors(layer, unit, src):
+        if f["index"] == factor:
+            return f["vector"]
+    raise KeyError(factor)
+
+
+# -------------------------------------------------------------------------------------------- pages
+def _conn(c: dict, here: str, linker: Linker, n_in: int | None = None) -> dict:
+    """A connection card's fields: its unit's FV, the heatmap, the link (if ``linker`` allows)."""
+    src = c["layer"]
+    item = dict(c)
+    if src is None:  # a channel of the model input: no FV, no page
+        item["fv"] = None
+        item["href"] = None
+        item["name"] = _RGB[c["unit"]] if n_in == 3 else f"input {c['unit']}"
+    else:
+        item["fv"] = P.fv_path(src, c["unit"])
+        item["href"] = P.unit_path(src, c["unit"]) if linker(src, c["unit"]) else None
+        item["name"] = None
+    return item
+
+
+def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
+              choices: Sequence[str] = (), chosen: str | None = None) -> str:
+    """The unit page from :func:`unit_data` output."""
+    layer, unit = data["layer"], data["unit"]
+    here = P.unit_path(layer, unit)
+    info = ex.info(layer)
+    sources = []
+    for s in data["sources"]:
+        src = s["src"]
+        items = []
+        for c in s["items"]:
+            item = _conn(c, here, linker, s["c_in"])
+            item.update(heatmap=P.heatmap_path(layer, src, unit, c["unit"]), kh=s["kh"], kw=s["kw"])
+            items.append(item)
+        factors = []
+        for f in s["factors"]:
+            factors.append({
+                "color": f["color"],
+                "map": P.fmap_path(layer, src, unit, f["index"]),
+                "fv": P.factor_path(layer, src, unit, f["index"]) if ex.config.factor_fvs else None,
+                "conns": [dict(_conn(c, here, linker, s["c_in"]), load=abs(c["load"])) for c in f["items"]],
+            })
+        sources.append({**s, "conns": items, "factors": factors, "nmf": P.nmf_path(layer, src, unit),
+                        "layer_label": src or "the model input"})
+    outputs = None
+    if data["outputs"]:
+        o = data["outputs"]
+        items = []
+        for c in o["items"]:
+            item = _conn(c, here, linker)
+            item.update(heatmap=P.out_path(layer, o["layer"], unit, c["unit"]), kh=o["kh"], kw=o["kw"])
+            items.append(item)
+        outputs = {**o, "conns": items, "kind": "expanded weights"}
+    n = ex.channels(layer)
+    ctx = {
+        **_base(ex, here, mode),
+        "layer": {"name": layer, "type": info.type, "channels": n, "out_shape": _shape(info),
+                  "href": P.layer_path(layer)},
+        "unit": unit,
+        "fv": P.fv_path(layer, unit),
+        "self_href": here,
+        "prev_href": P.unit_path(layer, unit - 1) if unit > 0 and linker(layer, unit - 1) else None,
+        "next_href": P.unit_path(layer, unit + 1) if unit + 1 < n and linker(layer, unit + 1) else None,
+        "sources": sources,
+        "choices": list(choices),
+        "chosen": chosen,
+        "no_inputs": "No inputs to show.",
+        "outputs": outputs,
+        "no_outputs": ("This is the last explored layer; explore a later layer to see where its units lead."
+                       if mode == "static" else "This is the last explored layer."),
+    }
+    return environment().get_template("unit.html").render(ctx)
+
+
+def _source_label(ex: Explorer, layer: str) -> str:
+    src = ex.primary_source(layer)
+    pred = ex.predecessor(layer)
+    if src is None:
+        return "straight from the model input"
+    return f"from {src} ({'direct' if src == pred else 'expanded'})"
+
+
+def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str) -> str:
+    """The layer page: FV and NMF image of each unit in ``units``."""
+    here = P.layer_path(layer)
+    info = ex.info(layer)
+    src = ex.primary_source(layer)
+    ctx = {
+        **_base(ex, here, mode),
+        "layer": {"name": layer, "type": info.type, "channels": ex.channels(layer), "out_shape": _shape(info),
+                  "source_label": _source_label(ex, layer)},
+        "units": [{"unit": u, "href": P.unit_path(layer, u), "fv": P.fv_path(layer, u),
+                   "nmf": P.nmf_path(layer, src, u)} for u in units],
+    }
+    return environment().get_template("layer.html").render(ctx)
+
+
+def index_html(ex: Explorer, units: dict[str, Sequence[int]], mode: str, others: Sequence[str] = (),
+               preview: int = 8) -> str:
+    """The index: one row per explored layer (with a strip of the first FVs), plus — on the live
+    server — every other explorable layer."""
+    rows = []
+    for layer in ex.layers:
+        info = ex.info(layer)
+        us = list(units.get(layer, []))
+        rows.append({
+            "name": layer, "type": info.type, "channels": ex.channels(layer), "n_pages": len(us),
+            "out_shape": _shape(info), "href": P.layer_path(layer), "source_label": _source_label(ex, layer),
+            "preview": [{"unit": u, "href": P.unit_path(layer, u), "fv": P.fv_path(layer, u)} for u in us[:preview]],
+        })
+    extra = [{"name": n, "type": ex.info(n).type, "channels": ex.channels(n), "href": P.layer_path(n)}
+             for n in others]
+    ctx = {**_base(ex, "index.html", mode), "layers": rows, "others": extra}
+    return environment().get_template("index.html").render(ctx)
+
+
+def error_html(ex: Explorer, message: str, mode: str = "server", status: int = 404) -> str:
+    """A not-found page (links are absolute: it may answer any path)."""
+    ctx = {**_base(ex, "index.html", mode), "root": "/", "message": message, "status": status}
+    return environment().get_template("404.html").render(ctx)

@@ -1,0 +1,372 @@
+"""The live explorer: the static site's pages, computed on demand and cached in SQLite.
+
+:class:`ExplorerApp` maps a request path (the layout of :mod:`.paths`) to ``(status, content type,
+body)``; :class:`ExplorerServer` is a stdlib ``ThreadingHTTPServer`` around it. Every layer of the model
+can be browsed (not only the explored ones), and a unit page can expand its inputs from any earlier
+layer (``?src=LAYER``).
+
+- Binds ``127.0.0.1`` by default (pass ``host="0.0.0.0"`` deliberately to share it).
+- Anything outside the layout (``../``, absolute or encoded escapes), an unknown layer, a unit out of
+  range or a bad ``?src=`` answers a 404 page that says what was wrong; unexpected errors answer a 500
+  page with one line, never a traceback.
+- Results are cached in SQLite keyed by the model hash (:class:`~.store.SqliteCache`); concurrent
+  requests for the same value compute it once. Feature visualizations requested at about the same
+  time (the images of one page) are rendered together in one batch by a single render thread.
+
+>>> server = make_server("lite0", port=0)          # doctest: +SKIP
+>>> server.url                                       # doctest: +SKIP
+'http://127.0.0.1:40123/'
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import sys
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from torch import nn
+
+from ..errors import WeightvizError
+from . import _png, pages
+from . import paths as P
+from .data import ExploreConfig, Explorer
+from .store import SqliteCache
+
+__all__ = ["ExplorerApp", "ExplorerServer", "RenderQueue", "make_server", "serve"]
+
+_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".css": "text/css; charset=utf-8",
+          ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
+
+
+class NotFound(Exception):
+    """A request for something that does not exist (answered with a 404 page)."""
+
+
+# --------------------------------------------------------------------------------------- renders
+class RenderQueue:
+    """Feature visualizations computed once each, batched across concurrent requests.
+
+    :meth:`get` returns the PNG for a key from the cache, or queues it; one worker thread takes the
+    queued items of one layer (up to ``config.batch``), renders them in one :func:`weightviz.render`
+    call, stores every PNG and wakes the waiting requests. A key already queued is not queued twice.
+    """
+
+    def __init__(self, ex: Explorer, cache: SqliteCache, gather_s: float = 0.02):
+        self.ex, self.cache, self.gather_s = ex, cache, gather_s
+        self._cv = threading.Condition()
+        self._pending: OrderedDict[str, tuple[str, str, Any, cf.Future]] = OrderedDict()
+        self._closed = False
+        self.batches = 0
+        self._thread = threading.Thread(target=self._loop, name="weightviz-render", daemon=True)
+        self._thread.start()
+
+    def get(self, key: str, layer: str, kind: str, what: Any) -> bytes:
+        """PNG of a render: ``kind="unit"`` (``what`` = unit) or ``"direction"`` (``what`` = vector)."""
+        value = self.cache.get(key)
+        if value is not None:
+            self.cache._count("hits")
+            return value
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            item = self._pending.get(key)
+            if item is None:
+                item = (layer, kind, what, cf.Future())
+                self._pending[key] = item
+                self._cv.notify()
+        return item[3].result()
+
+    def _take(self) -> list[tuple[str, tuple]]:
+        with self._cv:
+            while not self._pending and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return []
+        time.sleep(self.gather_s)  # let the other images of the same page arrive
+        with self._cv:
+            first = next(iter(self._pending.values()))
+            group = (first[0], first[1])
+            batch = [(k, v) for k, v in self._pending.items() if (v[0], v[1]) == group][: self.ex.config.batch]
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            layer, kind = batch[0][1][0], batch[0][1][1]
+            try:
+                if kind == "unit":
+                    images = self.ex.render_units(layer, [v[2] for _, v in batch])
+                else:
+                    images = self.ex.render_directions(layer, [v[2] for _, v in batch])
+                out = {k: _png.fv_png(img) for (k, _), img in zip(batch, images)}
+                self.cache.put_many(out)
+                self.batches += 1
+                for _ in out:
+                    self.cache._count("computed")
+                results: dict[str, Any] = out
+                error = None
+            except BaseException as e:  # noqa: BLE001 - delivered to every waiting request
+                results, error = {}, e
+            with self._cv:
+                for k, v in batch:
+                    self._pending.pop(k, None)
+                    if error is None:
+                        v[3].set_result(results[k])
+                    else:
+                        v[3].set_exception(error)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for _, v in self._pending.items():
+                v[3].set_exception(RuntimeError("the server is shutting down"))
+            self._pending.clear()
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------ the app
+class ExplorerApp:
+    """Request path -> ``(status, content type, body bytes)``: the explorer without the socket.
+
+    ``cache``: an :class:`~.store.SqliteCache` (default: ``default_cache_dir()/explorer.sqlite``).
+    ``computations`` counts values computed (cache misses) — renders, data and images.
+    """
+
+    def __init__(self, explorer: Explorer, cache: SqliteCache | None = None):
+        self.ex = explorer
+        if cache is None:
+            from ..models import default_cache_dir
+
+            cache = SqliteCache(default_cache_dir() / "explorer.sqlite", explorer.hash)
+        self.cache = cache
+        self.renders = RenderQueue(explorer, cache)
+        self._slugs = {P.slug(n): n for n in explorer.all_layers}
+        cfg = explorer.config
+        self._cfg = json.dumps(cfg.key(), sort_keys=True)
+
+    @property
+    def computations(self) -> int:
+        return self.cache.computed
+
+    def close(self) -> None:
+        self.renders.close()
+
+    # --------------------------------------------------------------------------------- lookup
+    def _layer(self, slug: str | None) -> str:
+        name = self._slugs.get(slug or "")
+        if name is None:
+            from ..errors import suggest
+
+            raise NotFound(f"Unknown layer {slug!r}.{suggest(slug or '', list(self._slugs))}")
+        return name
+
+    def _src(self, slug: str) -> str | None:
+        return None if slug == P.INPUT else self._layer(slug)
+
+    def _unit(self, layer: str, unit: int | None, what: str = "unit") -> int:
+        n = self.ex.channels(layer)
+        if unit is None or not 0 <= unit < n:
+            raise NotFound(f"{what} {unit} is out of range: layer {layer!r} has {n} units (0..{n - 1}).")
+        return unit
+
+    def _key(self, *parts: Any) -> str:
+        return "|".join(str(p) for p in parts) + "|" + self._cfg
+
+    # -------------------------------------------------------------------------------- handling
+    def handle(self, target: str) -> tuple[int, str, bytes]:
+        """Answer a request target (path and query). Never raises."""
+        try:
+            split = urlsplit(target)
+            route = P.parse(split.path)
+            if route is None:
+                raise NotFound(f"No page at {split.path!r}.")
+            body, ctype = self._dispatch(route, parse_qs(split.query))
+            return 200, ctype, body
+        except NotFound as e:
+            return 404, _TYPES[".html"], self._error(str(e), 404)
+        except WeightvizError as e:
+            return 404, _TYPES[".html"], self._error(str(e), 404)
+        except Exception as e:  # noqa: BLE001 - a page, never a traceback
+            line = (str(e).strip().splitlines() or [""])[0][:300]
+            print(f"weightviz serve: error on {target!r}: {type(e).__name__}: {line}", file=sys.stderr)
+            return 500, _TYPES[".html"], self._error(f"Internal error ({type(e).__name__}: {line}).", 500)
+
+    def _error(self, message: str, status: int) -> bytes:
+        try:
+            return pages.error_html(self.ex, message, status=status).encode()
+        except Exception:  # noqa: BLE001
+            from html import escape
+
+            return f"<!doctype html><title>{status}</title><p>{escape(message)}</p>".encode()
+
+    def _dispatch(self, r: P.Route, query: dict[str, list[str]]) -> tuple[bytes, str]:
+        html, png = _TYPES[".html"], _TYPES[".png"]
+        ex = self.ex
+        if r.kind == "static":
+            try:
+                data = resources.files("weightviz.explore").joinpath("static").joinpath(r.name).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, OSError):
+                raise NotFound(f"No static file {r.name!r}.") from None
+            return data, _TYPES.get(Path(r.name).suffix, "application/octet-stream")
+        if r.kind == "index":
+            others = [n for n in ex.all_layers if n not in ex.units]
+            return pages.index_html(ex, ex.units, "server", others=others).encode(), html
+        layer = self._layer(r.layer)
+        if r.kind == "layer":
+            units = ex.units.get(layer) or list(range(ex.channels(layer)))
+            return pages.layer_html(ex, layer, units, "server").encode(), html
+        unit = self._unit(layer, r.unit)
+        if r.kind == "unit":
+            return self._unit_page(layer, unit, query).encode(), html
+        if r.kind == "fv":
+            return self.renders.get(self._key("fv", layer, unit), layer, "unit", unit), png
+        if r.kind == "out":
+            nxt = self._layer(r.src)
+            self._unit(nxt, r.index, "output unit")
+            if nxt != ex.next_layer(layer):
+                raise NotFound(f"{nxt!r} is not the explored layer after {layer!r}.")
+            return self._png(("out", layer, nxt, unit, r.index),
+                             lambda: pages.out_png(ex, layer, nxt, unit, r.index)), png
+        src = self._src(r.src)
+        self._check_source(layer, src)
+        if r.kind == "nmf":
+            return self._png(("nmf", layer, src, unit), lambda: pages.nmf_png(ex, layer, src, unit)), png
+        if r.kind == "w":
+            if not 0 <= r.index < ex.src_channels(src):
+                raise NotFound(f"input {r.index} is out of range: {src or 'the input'} has "
+                               f"{ex.src_channels(src)} channels.")
+            return self._png(("w", layer, src, unit, r.index),
+                             lambda: pages.heatmap_png(ex, layer, src, unit, r.index)), png
+        if r.kind in ("fmap", "factor"):
+            if not any(f["index"] == r.index for f in ex.factors(layer, unit, src)):
+                raise NotFound(f"unit {unit} of {layer!r} has no weight factor {r.index} from {src!r}.")
+            if r.kind == "fmap":
+                return self._png(("fmap", layer, src, unit, r.index),
+                                 lambda: pages.fmap_png(ex, layer, src, unit, r.index)), png
+            vec = pages.factor_vector(ex, layer, src, unit, r.index)
+            return self.renders.get(self._key("factor", layer, src, unit, r.index), src, "direction", vec), png
+        raise NotFound("No such page.")
+
+    def _check_source(self, layer: str, src: str | None) -> None:
+        if src is not None and not (self.ex._order[src] < self.ex._order[layer] and not src.startswith(layer + ".")):
+            raise NotFound(f"{src!r} does not come before {layer!r}, so it is not a source of its weights.")
+
+    def _png(self, parts: tuple, compute) -> bytes:
+        return self.cache.get_or_compute(self._key(*parts), compute)
+
+    def _unit_page(self, layer: str, unit: int, query: dict[str, list[str]]) -> str:
+        ex = self.ex
+        sources = ex.sources(layer)
+        chosen = None
+        if query.get("src"):
+            chosen = query["src"][0]
+            src = None if chosen == P.INPUT else chosen
+            if src is not None and src not in ex._order:
+                raise NotFound(f"Unknown source layer {chosen!r} for ?src=.")
+            extra = ex.source_for(layer, src)
+            sources = [extra] + [s for s in sources if s.layer != extra.layer]  # the chosen tab first
+        key = self._key("data", layer, unit, [(s.layer, s.kind) for s in sources])
+        blob = self.cache.get_or_compute(
+            key, lambda: json.dumps(pages.unit_data(ex, layer, unit, sources)).encode())
+        data = json.loads(blob)
+        return pages.unit_html(ex, data, "server", lambda _layer, _unit: True,
+                               choices=ex.source_choices(layer), chosen=chosen)
+
+
+# ------------------------------------------------------------------------------------------ server
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "weightviz"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(head=True)
+
+    def _answer(self, head: bool) -> None:
+        app: ExplorerApp = self.server.app  # type: ignore[attr-defined]
+        status, ctype, body = app.handle(self.path)
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        if getattr(self.server, "verbose", False):
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+class ExplorerServer(ThreadingHTTPServer):
+    """A threading HTTP server around :class:`ExplorerApp`. ``url`` is where it listens."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, app: ExplorerApp, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:
+            raise WeightvizError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None
+        self.app = app
+        self.verbose = verbose
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.app.close()
+
+
+def make_server(
+    model: nn.Module | str | Explorer | None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    layers: Any = None,
+    units: Any = None,
+    config: ExploreConfig | None = None,
+    cache: str | Path | SqliteCache | None = None,
+    render_cache: Any = True,
+    verbose: bool = False,
+) -> ExplorerServer:
+    """An :class:`ExplorerServer` for ``model`` (not yet serving: call ``serve_forever()``, or use
+    :func:`serve`). ``port=0`` picks a free port. ``cache``: SQLite file (default
+    ``default_cache_dir()/explorer.sqlite``) or ``":memory:"``."""
+    ex = model if isinstance(model, Explorer) else Explorer(model, layers, units, config=config,
+                                                            render_cache=render_cache)
+    if cache is not None and not isinstance(cache, SqliteCache):
+        cache = SqliteCache(cache, ex.hash)
+    return ExplorerServer(ExplorerApp(ex, cache), host, port, verbose=verbose)
+
+
+def serve(model: nn.Module | str | Explorer | None, host: str = "127.0.0.1", port: int = 8000,
+          announce=print, **kwargs) -> None:
+    """Serve the explorer until Ctrl-C."""
+    server = make_server(model, host, port, **kwargs)
+    announce(f"weightviz explorer for {server.app.ex.name} at {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
