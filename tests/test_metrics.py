@@ -419,6 +419,19 @@ def test_long_tail_dead_neuron_and_bad_input(tmp_path):
     assert "participation ratio" in lt.table(0) and "random Gaussian" in repr(lt)
 
 
+def test_long_tail_of_expanded_weights(tiny):
+    # conv1 -> BN -> ReLU -> conv2 -> ReLU -> conv3 (1x1): expanded conv1 -> conv3 of unit 2 is
+    # sum_j W3[2, j] W2[j, c] * bn_scale[c] (conv3 is 1x1, BN in eval is affine), a [C_src=8, 3, 3] tensor
+    E = wv.expanded_weights(tiny, "conv1", "conv3", [2])
+    bn = tiny.bn1
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    ref = torch.einsum("j,jchw,c->chw", tiny.conv3.weight[2, :, 0, 0], tiny.conv2.weight, scale).detach()
+    assert torch.allclose(E[0], ref, atol=1e-5)
+    lt, one = long_tail(E), long_tail(E[0])
+    assert lt.norms.shape == (1, 8) and torch.allclose(lt.norms, one.norms)
+    assert torch.allclose(lt.norms[0], ref.flatten(1).norm(dim=1).sort(descending=True).values.double(), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_banding(capsys, tmp_path):
     from weightviz.cli import main
