@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "RenderCache": "optvis.cache",
     # analysis
     "banding_score": "metrics",
+    "banding_test": "metrics",
     "scan_banding": "metrics",
     "long_tail": "metrics",
 }
@@ -77,6 +78,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .models import (  # noqa: F401
-        InputSpec, LayerInfo, LayerTable, get_module, input_spec, layers, load_model, model_hash,
-        parse_units, preprocess, weights,
+        InputSpec,
+        LayerInfo,
+        LayerTable,
+        get_module,
+        input_spec,
+        layers,
+        load_model,
+        model_hash,
+        parse_units,
+        preprocess,
+        weights,
     )
