@@ -59,9 +59,9 @@ def test_nmf_recovers_exact_factorization():
     A0 = torch.rand(10, 20, 3, generator=g)
     H0 = torch.rand(10, 3, 15, generator=g)
     X = A0 @ H0
-    A, H = nmf(X, 3)
+    A, H = nmf(X, 3, iters=2000, tol=0)  # random A0, H0 are ill-conditioned: HALS converges slowly
     rel = nmf_error(X, A, H) / torch.linalg.matrix_norm(X)
-    assert rel.max() < 1e-3
+    assert rel.max() < 2e-4
     assert (A >= 0).all() and (H >= 0).all()
     assert torch.allclose(H.norm(dim=2), torch.ones(10, 3), atol=1e-5)  # unit rows of H
     assert (A.norm(dim=1).diff(dim=1) <= 1e-6).all()  # components sorted by strength
