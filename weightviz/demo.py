@@ -1,0 +1,143 @@
+"""The demo behind ``make demo``: ``python -m weightviz.demo --out out``.
+
+Runs on the embedded EfficientNet-Lite0 (ImageNet weights, no download, CPU) and writes its figures to
+``--out``. The demo is a list of steps (:data:`STEPS`), each a function ``step(ctx) -> list[Path]`` that
+writes some files and returns them; add a step by decorating a function with :func:`demo_step`.
+``--only NAME`` runs some steps only (``--list`` shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["STEPS", "DemoContext", "demo_step", "main"]
+
+
+@dataclass
+class DemoContext:
+    """What every step gets: the output folder and the loaded model (shared, loaded once)."""
+
+    out: Path
+    model: nn.Module
+    notes: dict[str, str] = field(default_factory=dict)  # step name -> one-line summary
+
+
+Step = Callable[[DemoContext], list[Path]]
+#: The demo steps in order: (name, function, one-line description).
+STEPS: list[tuple[str, Step, str]] = []
+
+
+def demo_step(name: str, description: str) -> Callable[[Step], Step]:
+    """Register a demo step (runs in registration order)."""
+
+    def deco(fn: Step) -> Step:
+        STEPS.append((name, fn, description))
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------------------------- steps
+@demo_step("layers", "layer table of the model (names, types, weight and output shapes)")
+def layer_table(ctx: DemoContext) -> list[Path]:
+    from ._io import atomic_path
+    from .models import layers
+
+    path = ctx.out / "layers.txt"
+    table = layers(ctx.model)
+    with atomic_path(path) as tmp:
+        tmp.write_text(repr(table) + "\n", encoding="utf-8")
+    ctx.notes["layers"] = f"{len(table)} layers, {len(table.with_weights())} with weights"
+    return [path]
+
+
+@demo_step("stem_rgb", "first conv layer (conv_stem, 32 x 3x3 RGB) shown directly as colours")
+def stem_rgb(ctx: DemoContext) -> list[Path]:
+    from .figures import rgb_weights_grid
+
+    path = ctx.out / "stem_rgb.png"
+    rgb_weights_grid(ctx.model, "conv_stem").save(path)
+    return [path]
+
+
+#: (file stem, layer, units, shared): the stem is lite0's only dense conv with k >= 3; its depthwise
+#: convs have one input channel per neuron, so their NMF shows the positive and negative parts.
+NMF_FIGURES = [
+    ("nmf_conv_stem", "conv_stem", None, False),
+    ("nmf_conv_stem_shared", "conv_stem", None, True),
+    ("nmf_blocks.2.1.conv_dw", "blocks.2.1.conv_dw", "0:32", True),
+    ("nmf_blocks.5.1.conv_dw", "blocks.5.1.conv_dw", "0:32", True),
+]
+
+
+@demo_step("nmf", "one-sided NMF images of the stem and of two 5x5 depthwise layers")
+def nmf_images(ctx: DemoContext) -> list[Path]:
+    from .figures import nmf_grid
+
+    paths = []
+    for stem, layer, units, shared in NMF_FIGURES:
+        path = ctx.out / f"{stem}.png"
+        nmf_grid(ctx.model, layer, units=units, shared=shared).save(path)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m weightviz.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out", help="output folder (created if missing; default: out)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this step (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the steps and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, _, description in STEPS:
+            print(f"{name:12s} {description}")
+        return 0
+    names = [name for name, _, _ in STEPS]
+    unknown = [n for n in args.only or [] if n not in names]
+    if unknown:
+        print(f"error: unknown demo step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+    from .errors import WeightvizError
+    from .models import load_model
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create output folder {str(out)!r}: {e.strerror}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    ctx = DemoContext(out=out, model=load_model())
+    print(f"weightviz demo: efficientnet_lite0 (embedded ImageNet weights) -> {out}/")
+    written: list[Path] = []
+    for name, fn, description in STEPS:
+        if args.only and name not in args.only:
+            continue
+        t = time.perf_counter()
+        try:
+            paths = fn(ctx)
+        except WeightvizError as e:
+            print(f"error in demo step {name!r}: {e}", file=sys.stderr)
+            return 2
+        written += paths
+        note = f" ({ctx.notes[name]})" if name in ctx.notes else ""
+        print(f"[{name}] {description}{note}: {time.perf_counter() - t:.1f} s")
+        for p in paths:
+            print(f"  wrote {p}")
+    print(f"done: {len(written)} files in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
