@@ -95,7 +95,8 @@ def source_data(ex: Explorer, layer: str, unit: int, source: Source) -> dict[str
     return {
         "src": src,
         "label": source.label,
-        "kind": "direct weights" if source.kind == "direct" else "expanded weights (nonlinearities linearized)",
+        "kind": ("direct connection (norm layers folded in, activations linearized)" if source.kind == "direct"
+                 else "expanded weights through the layers in between (nonlinearities linearized)"),
         "c_in": int(W.shape[1]),
         "kh": int(W.shape[2]),
         "kw": int(W.shape[3]),
