@@ -284,3 +284,19 @@ def test_torchvision_resnet_inplace_relu(resnet18):
     torch.testing.assert_close(got, true)
     r = wv.render(m, [obj.channel("layer2.0", 3), obj.channel("bn1", 1)], size=32, steps=3, progress=False)
     assert r.images.shape == (2, 3, 32, 32) and _hooks(m) == 0
+
+
+def test_callback_sees_every_step_and_may_run_the_model(tiny):
+    seen = []
+
+    def cb(step, images, idx):
+        # a forward of the same model inside the callback must not disturb the render's hooks
+        v = activations(tiny, wv.input_spec(tiny).normalize(images), "conv3")["conv3"][:, 0].mean((1, 2))
+        seen.append((step, tuple(images.shape), idx, v))
+
+    objs = [obj.channel("conv3", 0), obj.channel("conv2", 1), obj.channel("conv3", 2)]
+    r = wv.render(tiny, objs, batch=2, callback=cb, **FAST)
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5, 6] * 2
+    assert seen[0][1] == (2, 3, 32, 32) and seen[0][2] == [0, 1] and seen[-1][2] == [2]
+    assert seen[5][3][0] == pytest.approx(float(r.values[0]), abs=1e-5)
+    assert _hooks(tiny) == 0

@@ -61,6 +61,7 @@ class Capture:
         self.modules = {name: get_module(model, name) for name in self.layers}
         self._handles: list = []
         self._store: dict[str, torch.Tensor] = {}
+        self._active = False  # hooks act only inside run(): another forward of the same model is untouched
 
     def __enter__(self) -> Capture:
         try:
@@ -83,7 +84,7 @@ class Capture:
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
             store = self._store
-            if name in store:
+            if not self._active or name in store:
                 return None
             if not isinstance(output, torch.Tensor):
                 raise WeightvizError(
@@ -103,10 +104,13 @@ class Capture:
         if not self._handles:
             raise RuntimeError("Capture.run outside its context")
         self._store = {}
+        self._active = True
         try:
             self.model(x)
         except _StopForward:
             pass
+        finally:
+            self._active = False
         out, self._store = self._store, {}
         missing = [n for n in self.layers if n not in out]
         if missing:
@@ -145,16 +149,21 @@ class _RedirectedClamp(torch.autograd.Function):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         lo, hi = ctx.lo, ctx.hi
+        shape = g.shape
+        if g.dim() == 0:  # a scalar is one batch item
+            x, g = x.reshape(1), g.reshape(1)
         active = x > lo if hi is None else (x > lo) & (x < hi)
-        normal = torch.where(active, g, torch.zeros_like(g))
-        blocked = (x <= lo) & (g > 0)
+        normal = g * active
+        alive = normal.reshape(g.shape[0], -1).ne(0).any(dim=1)
+        if bool(alive.all()):  # the common case once units fire: the ordinary gradient
+            return normal.reshape(shape), None, None
+        dead = ~alive
+        xd, gd = x[dead], g[dead]
+        blocked = (xd <= lo) & (gd > 0)
         if hi is not None:
-            blocked = blocked | ((x >= hi) & (g < 0))
-        redirected = torch.where(blocked, torch.zeros_like(g), g)
-        if g.dim() == 0:
-            return redirected if not bool(normal.ne(0).any()) else normal, None, None
-        alive = normal.reshape(g.shape[0], -1).ne(0).any(dim=1).view(-1, *([1] * (g.dim() - 1)))
-        return torch.where(alive, normal, redirected), None, None
+            blocked = blocked | ((xd >= hi) & (gd < 0))
+        normal[dead] = gd * ~blocked
+        return normal.reshape(shape), None, None
 
 
 def _arg(args, kwargs, i, name, default):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +140,7 @@ def render(
     redirect_steps: int = 16,
     transforms: TransformConfig | None = TransformConfig(),
     decorrelate: bool = True,
+    callback: Callable[[int, torch.Tensor, list[int]], None] | None = None,
 ) -> RenderResult:
     """Feature-visualize one objective or a list of objectives (one image each, rendered as batches).
 
@@ -148,6 +149,8 @@ def render(
     this many objectives per forward pass (default 32). ``cache``: ``True`` (default directory), a path
     or a :class:`RenderCache` to reuse earlier renders; ``None`` renders afresh. ``redirect_steps``: steps
     with redirected ReLU gradients. ``transforms``: random transform ranges (``None``: no transforms).
+    ``callback(step, images, indices)``: called after every step (``step`` from 1) with the current
+    images ``[b, C, size, size]`` (detached) of the objectives at ``indices`` (not for cached items).
 
     Returns :class:`RenderResult` with ``images`` ``[B, C, size, size]`` in [0, 1] (``C`` = channels of
     the model's first conv) and ``values`` ``[B]``. The model is left as it was (mode, weights,
@@ -207,7 +210,8 @@ def render(
         for start in range(0, len(unique), batch):
             idx = unique[start:start + batch]
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
-                                       redirect_steps, transforms, decorrelate, advance)
+                                       redirect_steps, transforms, decorrelate, advance,
+                                       None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)))
             for j, i in enumerate(idx):
                 images[i], values[i] = imgs[j], float(vals[j])
                 if store is not None:
@@ -237,7 +241,8 @@ def _probe_shapes(model: nn.Module, layer_names: list[str], channels: int, size:
     return {k: tuple(v.shape[1:]) for k, v in acts.items()}
 
 
-def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance):
+def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance,
+                  callback=None):
     device, dtype = _device_dtype(model)
     g = torch.Generator().manual_seed(seed)
     param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
@@ -261,6 +266,9 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
                 loss.backward()
             opt.step()
             advance(1)
+            if callback is not None:
+                with torch.no_grad():
+                    callback(step + 1, param.image().detach())
         with torch.no_grad():
             final = param.image()
             vals = evaluate(cap.run(spec.normalize(final).to(dtype)))
