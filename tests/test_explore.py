@@ -204,6 +204,19 @@ def test_unit_data_matches_independent_computations(tiny, ex):
     assert signed.shape == (9, 8)
 
 
+@pytest.mark.parametrize("dst,src", [("conv3", "conv1"), ("conv3", "conv2"), ("conv2", "conv1"), ("conv1", None)])
+def test_top_inputs_rank_exactly_like_the_library(tiny, ex, dst, src):
+    # the explorer reads the ranking off one batched expansion per layer; the library expands per unit
+    for unit in range(4):
+        ours = ex.top_inputs(dst, unit, src)
+        ref = wv.top_inputs(tiny, dst, unit, src, k=len(ours))  # src=None: conv1's own weights = from the input
+        assert [c.channel for c in ours] == [c.channel for c in ref]
+        assert [c.sign for c in ours] == [c.sign for c in ref]
+        assert [c.norm for c in ours] == pytest.approx([c.norm for c in ref], rel=1e-5)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-7)
+
+
 def test_first_layer_shows_weights_as_rgb(tiny, ex):
     from weightviz.explore import pages
 

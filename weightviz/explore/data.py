@@ -432,32 +432,25 @@ class Explorer:
         return {"score": score, "p_h": test.p_horizontal, "p_v": test.p_vertical, "alpha": test.alpha}
 
     def top_inputs(self, dst: str, unit: int, src: str | None) -> list:
-        """:func:`weightviz.top_inputs` of ``unit`` from ``src`` (``config.top_k`` strongest).
+        """The ``config.top_k`` strongest inputs of ``unit`` from ``src``, as
+        :class:`weightviz.expand.Connection` (channel, norm, sign, slice), ranked exactly as
+        :func:`weightviz.top_inputs` ranks (L2 norm of the slice, sign of its sum; tested equal).
 
-        ``weightviz.top_inputs`` with ``src=None`` means the layer's own weights; here ``None`` is the
-        model input, which for the first layer are the same weights."""
-        from ..expand import top_inputs
+        Read from the layer's memoized :func:`weightviz.expanded_weights` (all units in one batched
+        call) instead of calling ``top_inputs`` per unit, which expands again for every unit: a layer of
+        units costs one expansion, not one per unit."""
+        W = self.weights_from(src, dst)
+        return rank_slices(W[unit], min(self.config.top_k, W.shape[1]))
 
-        k = min(self.config.top_k, self.src_channels(src))
-        if src is None and self.info(dst).kind != "weight":
-            return _rank_like_top_inputs(self.weights_from(None, dst)[unit], k)
-        with self.compute_lock:
-            # src=None: a conv fed by the input, whose own weights are the weights from the input
-            return top_inputs(self.model, dst, unit, src, k=k)
-
-    def top_outputs(self, layer: str, unit: int) -> tuple[str, torch.Tensor, list[tuple[int, float, int]]] | None:
-        """Units of the next explored layer that ``unit`` drives most: ``(next, W, [(o, norm, sign)])``
-        with ``W`` = expanded weights ``[C_next, C_layer, K, K]``; ranked by the L2 norm of
-        ``W[o, unit]`` (the same ranking :func:`weightviz.top_inputs` uses, read along the other axis)."""
+    def top_outputs(self, layer: str, unit: int) -> tuple[str, torch.Tensor, list] | None:
+        """Units of the next explored layer that ``unit`` drives most: ``(next, W, connections)`` with
+        ``W`` = expanded weights ``[C_next, C_layer, K, K]`` and the connections ranked by the L2 norm
+        of ``W[o, unit]`` (:func:`rank_slices` along the other axis; ``.channel`` is the unit ``o``)."""
         nxt = self.next_layer(layer)
         if nxt is None:
             return None
         W = self.weights_from(layer, nxt)
-        col = W[:, unit]  # [C_next, K, K]
-        norms = col.flatten(1).norm(dim=1)
-        sums = col.flatten(1).sum(dim=1)
-        order = torch.argsort(norms, descending=True)[: self.config.top_k]
-        return nxt, W, [(int(o), float(norms[o]), int(torch.sign(sums[o]).item())) for o in order]
+        return nxt, W, rank_slices(W[:, unit], min(self.config.top_k, W.shape[0]))
 
     def factors(self, dst: str, unit: int, src: str | None) -> list[dict[str, Any]]:
         """Weight factors of ``unit`` (one-sided NMF of its weights from ``src``): per factor its
@@ -513,14 +506,15 @@ class Explorer:
         return result.images
 
 
-def _rank_like_top_inputs(w: torch.Tensor, k: int) -> list:
-    """Rank the input slices ``[C_in, kh, kw]`` of a *block* fed straight by the model input exactly as
-    :func:`weightviz.top_inputs` ranks (L2 norm, sign of the sum); ``top_inputs`` itself cannot be asked
-    for this case (its ``src=None`` means a conv layer's own weights)."""
+def rank_slices(w: torch.Tensor, k: int) -> list:
+    """Rank slices ``[C, kh, kw]`` by L2 norm (descending) and return the top ``k`` as
+    :class:`weightviz.expand.Connection` with the sign of each slice's sum — the ranking of
+    :func:`weightviz.top_inputs`, applied to weights already expanded."""
     from ..expand import Connection
 
-    norms = w.flatten(1).norm(dim=1)
-    sums = w.flatten(1).sum(1)
+    flat = w.flatten(1)
+    norms = flat.norm(dim=1)
+    sums = flat.sum(1)
     order = torch.argsort(norms, descending=True)[:k]
     return [Connection(int(c), float(norms[c]), int(torch.sign(sums[c]).item()), w[c].clone()) for c in order]
 

@@ -121,7 +121,7 @@ def unit_data(ex: Explorer, layer: str, unit: int, sources: Sequence[Source] | N
         nxt, W, items = top
         data["outputs"] = {
             "layer": nxt, "kh": int(W.shape[2]), "kw": int(W.shape[3]), "vmax": _vmax(W[:, unit]),
-            "items": [{"layer": nxt, "unit": o, "norm": n, "sign": s} for o, n, s in items],
+            "items": [{"layer": nxt, "unit": c.channel, "norm": c.norm, "sign": c.sign} for c in items],
         }
     return data
 
