@@ -104,8 +104,10 @@ def _top_inputs_figure(model, layer, unit, src, k, ncols, opts, kind) -> Figure:
     n_rows = math.ceil(len(idx) / ncols)
     bar_x = x0 + min(len(idx), ncols) * (cell + gap) + 0.15
     cv.colorbar(bar_x, 0.45, min(1.6, n_rows * row_h - 0.5), vmax)
-    what = "expanded weights" if kind == "expanded" else "top inputs"
-    title = f"{what}: {layer} unit {unit} \u2190 {_source_text(src, in_layer)}"
+    if kind == "expanded":
+        title = f"expanded weights from {src} into {layer} unit {unit}: the {len(idx)} strongest inputs"
+    else:
+        title = f"top inputs: {layer} unit {unit} \u2190 {_source_text(src, in_layer)}"
     data = {
         "figure": kind, "layer": layer, "unit": unit, "src": src, "input_layer": in_layer,
         "inputs": idx, "norms": [c.norm for c in ranked], "signs": [int(c.sign) for c in ranked],
