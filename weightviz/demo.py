@@ -90,6 +90,24 @@ def nmf_images(ctx: DemoContext) -> list[Path]:
     return paths
 
 
+#: Contextual figures of lite0 blocks.3.0 #24 (expanded weights from blocks.2.0; the unit whose top 4 inputs
+#: hold the largest share of its squared norm) and of its family (the 7 units with the most similar input
+#: profile). FVs at 64 px, 128 steps, through the render cache (a second run only redraws).
+FIGURE_UNIT = ("blocks.2.0", "blocks.3.0", 24, [24, 51, 20, 52, 1, 41, 59, 16])
+
+
+@demo_step("figures", "top inputs and weight factors of blocks.3.0 #24 (expanded weights, with FVs)")
+def figures_step(ctx: DemoContext) -> list[Path]:
+    from .figures import top_inputs, weight_factors
+
+    src, dst, unit, family = FIGURE_UNIT
+    fv = {"size": 64, "steps": 128}
+    paths = [ctx.out / "fig_top_inputs.png", ctx.out / "fig_factors.png"]
+    top_inputs(ctx.model, dst, unit, src=src, k=8, **fv).save(paths[0])
+    weight_factors(ctx.model, src, dst, family, n_factors=2, n_top=3, **fv).save(paths[1])
+    return paths
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weightviz.demo", description=__doc__.splitlines()[0])
