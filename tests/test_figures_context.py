@@ -183,6 +183,31 @@ def test_paths_routes_compose_their_hops(lite0):
         rel=1e-5)
 
 
+def test_paths_googlenet_through_bottleneck(googlenet):
+    # inception3a -> inception3b.branch2.0 (1x1 conv + BN + ReLU) -> inception3b.branch2.1.conv (3x3):
+    # the route through bottleneck unit m is W2[u, m] * (W1[m, s] * bn_scale[m]), computed by hand here
+    src, mid, dst, u, s = "inception3a", "inception3b.branch2.0", "inception3b.branch2.1.conv", 11, 30
+    fig = figs.paths(googlenet, src, mid, dst, u, s, n_routes=5, **NOFV)
+    bn = googlenet.inception3b.branch2[0].bn
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    W1 = wv.weights(googlenet, "inception3b.branch2.0.conv")[:, s, 0, 0] * scale  # [96]
+    W2 = wv.weights(googlenet, dst)[u]  # [96, 3, 3]
+    routes = W2 * W1[:, None, None]
+    norms = routes.flatten(1).norm(dim=1)
+    expected = torch.argsort(norms, descending=True)[:5].tolist()
+    assert fig.data["routes"] == expected
+    assert np.allclose(fig.data["contributions"], routes[expected].numpy(), atol=1e-5)
+    assert np.allclose(fig.data["total"], routes.sum(0).numpy(), atol=1e-4)
+    assert fig.data["cancellation"] == pytest.approx(float(routes.sum(0).norm() / norms.sum()), rel=1e-4)
+
+
+def test_expanded_figure_googlenet_blocks(googlenet):
+    fig = figs.expanded(googlenet, "inception3a", "inception3b", 100, k=6, **NOFV)
+    E = wv.expanded_weights(googlenet, "inception3a", "inception3b", units=[100])[0]
+    assert fig.data["inputs"] == torch.argsort(E.flatten(1).norm(dim=1), descending=True)[:6].tolist()
+    assert fig.data["slice_shape"] == list(E.shape[-2:])
+
+
 # ------------------------------------------------------------------------------- FV batching
 class _FakeRender:
     """Stands in for weightviz.render: records calls, returns a distinct flat image per objective."""
