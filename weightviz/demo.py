@@ -108,6 +108,22 @@ def figures_step(ctx: DemoContext) -> list[Path]:
     return paths
 
 
+#: The demo explorer: three lite0 blocks (direct and block-to-block expanded weights), a few units each.
+EXPLORER_LAYERS = "blocks.0.0,blocks.1.0,blocks.2.0"
+EXPLORER_UNITS = "0:8"
+
+
+@demo_step("explorer", "weight explorer of lite0 (static site; re-runs skip what is built)")
+def explorer_step(ctx: DemoContext) -> list[Path]:
+    from .explore import ExploreConfig, build_site
+
+    report = build_site(ctx.model, ctx.out / "explorer", layers=EXPLORER_LAYERS, units=EXPLORER_UNITS,
+                        config=ExploreConfig(size=64, steps=48, top_k=6), name="efficientnet_lite0")
+    ctx.notes["explorer"] = (f"{report.pages} unit pages; open file://{report.index.resolve()} in a browser, "
+                             "or browse every layer live: weightviz serve lite0")
+    return [report.index]
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weightviz.demo", description=__doc__.splitlines()[0])
