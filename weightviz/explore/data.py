@@ -225,9 +225,12 @@ class Explorer:
             return list(range(n))
         if isinstance(spec, str) and ":" in spec and "," not in spec:
             # a range is clipped to each layer's size ("0:16" on an 8-unit layer = all 8)
-            bits = [int(b) if b.strip() else None for b in spec.split(":")]
-            if len(bits) > 3:
-                raise WeightvizError(f"cannot read units {spec!r}: use e.g. '0:16' or '3,7,9'")
+            try:
+                bits = [int(b) if b.strip() else None for b in spec.split(":")]
+            except ValueError:
+                bits = []
+            if not 2 <= len(bits) <= 3 or bits[-1] == 0 and len(bits) == 3:
+                raise WeightvizError(f"cannot read units {spec!r}: use e.g. '0:16', '0:64:2' or '3,7,9'")
             return list(range(n))[slice(*bits)]
         if isinstance(spec, slice):
             return list(range(n))[spec]

@@ -220,12 +220,15 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
             items.append(item)
         outputs = {**o, "conns": items, "kind": "expanded weights"}
     n = ex.channels(layer)
+    primary = ex.primary_source(layer)
     ctx = {
         **_base(ex, here, mode),
         "layer": {"name": layer, "type": info.type, "channels": n, "out_shape": _shape(info),
                   "href": P.layer_path(layer)},
         "unit": unit,
         "fv": P.fv_path(layer, unit),
+        "nmf": P.nmf_path(layer, primary, unit),
+        "nmf_label": f"from {primary or 'the input'}",
         "self_href": here,
         "prev_href": P.unit_path(layer, unit - 1) if unit > 0 and linker(layer, unit - 1) else None,
         "next_href": P.unit_path(layer, unit + 1) if unit + 1 < n and linker(layer, unit + 1) else None,

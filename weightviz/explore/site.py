@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._io import atomic_path
@@ -335,7 +336,11 @@ def _run_render(ex: Explorer, root: Path, inp: dict) -> int:
             _write_bytes(root / P.fv_path(layer, u), _png.fv_png(img))
         return len(images)
     src = inp["src"]
-    vectors = [pages.factor_vector(ex, layer, src, u, f) for u, f in inp["items"]]
+    data = _load_data(root, layer)["units"]  # the vectors exactly as the pages list their loadings
+    vectors = []
+    for u, f in inp["items"]:
+        s = next(s for s in data[str(u)]["sources"] if s["src"] == src)
+        vectors.append(torch.tensor(next(x for x in s["factors"] if x["index"] == f)["vector"]))
     images = ex.render_directions(src, vectors)
     for (u, f), img in zip(inp["items"], images):
         _write_bytes(root / P.factor_path(layer, src, u, f), _png.fv_png(img))

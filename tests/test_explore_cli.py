@@ -1,0 +1,57 @@
+"""`weightviz explore` / `weightviz serve` on the command line: a small torchvision model, a process pool
+giving the same site as one process, one-line errors (exit 2) before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from weightviz.cli import main
+
+MODEL = "torchvision:squeezenet1_1"  # small; random weights are fine for the plumbing
+SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3"]
+
+
+def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    cache = ["--cache", str(tmp_path / "renders")]
+    assert main(["explore", MODEL, "-o", str(one), *SMALL, *cache]) == 0
+    out = capsys.readouterr().out
+    assert f"open it: file://{(one / 'index.html').resolve()}" in out
+    assert main(["explore", MODEL, "-o", str(two), *SMALL, "--jobs", "2", "--cache", str(tmp_path / "r2")]) == 0
+    capsys.readouterr()
+    for layer in ("features.3", "features.4"):
+        a = json.loads((one / "data" / f"{layer}.json").read_text())
+        b = json.loads((two / "data" / f"{layer}.json").read_text())
+        assert a == b
+        for u in range(3):
+            page = f"unit/{layer}/{u}.html"
+            assert (one / page).read_text() == (two / page).read_text()
+            assert (one / f"img/fv/{layer}/{u}.png").read_bytes() == (two / f"img/fv/{layer}/{u}.png").read_bytes()
+    # the second run over an existing site is a no-op
+    assert main(["explore", MODEL, "-o", str(one), *SMALL, *cache]) == 0
+    assert "jobs run: 0 weights, 0 render, 0 page" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["explore", MODEL, "-o", "{file}"], "not a directory"),
+    (["explore", MODEL, "-o", "{foreign}"], "not a weightviz site"),
+    (["explore", MODEL, "-o", "{new}", "--layers", "features.33"], "unknown layer 'features.33'"),
+    (["explore", MODEL, "-o", "{new}", "--layers", "classifier.1"], "unknown layer"),
+    (["explore", MODEL, "-o", "{new}", "--units", "a:b"], "cannot read units"),
+    (["explore", MODEL, "-o", "{new}", "--jobs", "0"], "--jobs must be at least 1"),
+    (["explore", MODEL, "-o", "{new}", "--size", "8"], "at least 16 pixels"),
+    (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("mine")
+    args = [a.format(file=tmp_path / "file", foreign=tmp_path / "foreign", new=tmp_path / "new") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().startswith("error:") and err.strip().count("\n") == 0
+    assert not (tmp_path / "new" / "index.html").exists()
+    assert (tmp_path / "foreign" / "keep.txt").read_text() == "mine"
