@@ -34,13 +34,18 @@ def test_render_grid_and_raw_with_cache(tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "g.svg")]) == 0 and (tmp_path / "g.svg").read_text().startswith("<?xml")
 
 
-def test_render_errors_one_line(tmp_path):
+def test_render_errors_one_line(tmp_path, capsys):
     r = _run("render", "lite0", "blocks.1.O", "0", "-o", str(tmp_path / "a.png"), "--size", "32", "--steps", "1")
-    assert r.returncode == 2 and "Did you mean" in r.stderr and "'blocks.1.0'" in r.stderr and r.stderr.strip().count("\n") == 0
-    r = _run("render", "lite0", "blocks.1.0", "0:30", "-o", str(tmp_path / "a.png"), "--size", "32", "--steps", "1")
-    assert r.returncode == 2 and "24 channels" in r.stderr and "Traceback" not in r.stderr
-    r = _run("render", "lite0", "blocks.1.0", "0", "-o", str(tmp_path / "a.jpg"))
-    assert r.returncode == 2 and ".png" in r.stderr
-    r = _run("render", "lite0", "blocks.1.0", "0", "-o", str(tmp_path / "a.svg"), "--raw")
-    assert r.returncode == 2 and ".png" in r.stderr
+    assert r.returncode == 2 and "Did you mean" in r.stderr and "'blocks.1.0'" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    capsys.readouterr()
+    for args, msg in [
+        (["blocks.1.0", "0:30", "-o", str(tmp_path / "a.png")], "24 channels"),
+        (["blocks.1.0", "0", "-o", str(tmp_path / "a.jpg")], ".png"),
+        (["blocks.1.0", "0", "-o", str(tmp_path / "a.svg"), "--raw"], ".png"),
+        (["blocks.1.0", "0", "-o", str(tmp_path / "a.png"), "--objective", "pixel"], "'channel' or 'neuron'"),
+    ]:
+        assert main(["render", "lite0", *args, "--size", "32", "--steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.startswith("error:"), err
     assert not list(tmp_path.iterdir())

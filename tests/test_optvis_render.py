@@ -238,6 +238,18 @@ def test_default_cache_location(tiny, tmp_path, monkeypatch):
     assert RenderCache().path == tmp_path / "renders" and len(RenderCache()) == 1
 
 
+def test_batches_grouped_by_layer(tiny, monkeypatch):
+    real = render_mod._render_batch
+    calls = []
+    monkeypatch.setattr(render_mod, "_render_batch",
+                        lambda m, o, *a, **k: calls.append([x.key for x in o]) or real(m, o, *a, **k))
+    objs = [obj.channel("conv3", 0), obj.channel("bn1", 1), obj.channel("conv3", 1), obj.channel("conv3", 2)]
+    r = wv.render(tiny, objs, batch=2, **FAST)
+    assert calls == [["channel('conv3', 0)", "channel('conv3', 1)"], ["channel('conv3', 2)"], ["channel('bn1', 1)"]]
+    alone = wv.render(tiny, objs[1], **FAST)
+    assert torch.equal(r.images[1], alone.images[0])
+
+
 def test_duplicate_objectives_rendered_once(tiny, monkeypatch):
     real = render_mod._render_batch
     sizes = []
@@ -297,6 +309,7 @@ def test_callback_sees_every_step_and_may_run_the_model(tiny):
     objs = [obj.channel("conv3", 0), obj.channel("conv2", 1), obj.channel("conv3", 2)]
     r = wv.render(tiny, objs, batch=2, callback=cb, **FAST)
     assert [s[0] for s in seen] == [1, 2, 3, 4, 5, 6] * 2
-    assert seen[0][1] == (2, 3, 32, 32) and seen[0][2] == [0, 1] and seen[-1][2] == [2]
+    # objectives reading the same layer share a batch: conv3 items [0, 2] first, then the conv2 item
+    assert seen[0][1] == (2, 3, 32, 32) and seen[0][2] == [0, 2] and seen[-1][2] == [1]
     assert seen[5][3][0] == pytest.approx(float(r.values[0]), abs=1e-5)
     assert _hooks(tiny) == 0

@@ -146,7 +146,8 @@ def render(
 
     ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels.
     ``steps``: Adam steps at learning rate ``lr``. ``seed``: same seed, same image. ``batch``: at most
-    this many objectives per forward pass (default 32). ``cache``: ``True`` (default directory), a path
+    this many objectives per forward pass (default 32); objectives reading different layers go in
+    different passes, so each forward stops at its own deepest layer. ``cache``: ``True`` (default directory), a path
     or a :class:`RenderCache` to reuse earlier renders; ``None`` renders afresh. ``redirect_steps``: steps
     with redirected ReLU gradients. ``transforms``: random transform ranges (``None``: no transforms).
     ``callback(step, images, indices)``: called after every step (``step`` from 1) with the current
@@ -205,10 +206,15 @@ def render(
     # equal objectives (same key) in one call are rendered once
     first: dict[str, int] = {}
     unique = [i for i in todo if first.setdefault(objs[i].key, i) == i]
+    # batches: objectives reading the same layers go together (a shallow objective never pays for the
+    # forward to a deeper one), at most `batch` per forward pass
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i in unique:
+        groups.setdefault(tuple(sorted(objs[i].layers)), []).append(i)
+    chunks = [g[s:s + batch] for g in groups.values() for s in range(0, len(g), batch)]
 
-    with _progress(progress and bool(unique), steps * len(range(0, len(unique), batch))) as advance:
-        for start in range(0, len(unique), batch):
-            idx = unique[start:start + batch]
+    with _progress(progress and bool(chunks), steps * len(chunks)) as advance:
+        for idx in chunks:
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
                                        redirect_steps, transforms, decorrelate, advance,
                                        None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)))
