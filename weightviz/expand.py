@@ -52,7 +52,7 @@ __all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rece
 
 _MAX_SIZE = 1024        # largest input side tried when searching for an untruncated field
 _MAX_PATHS = 64         # per-path contributions: most routes enumerated
-_GRAD_BUDGET = 256 * 2**20   # bytes of batched gradient buffers per chunk of units
+_GRAD_BUDGET = 16 * 2**20    # bytes of batched gradient buffers per chunk of units on a CPU (cache-sized)
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -185,6 +185,7 @@ def _forward(
         if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
             raise WeightvizError(f"layer {src!r} must output a tensor [B, C, H, W] or [B, C], got "
                                  f"{_describe(out)}; choose another src")
+        torch.set_grad_enabled(True)  # layers before src ran without autograd (their values do not matter)
         if z is None:
             trace.z = torch.zeros(out.shape, dtype=zdtype or out.dtype, device=out.device, requires_grad=True)
         elif tuple(z.shape) != tuple(out.shape):
@@ -270,12 +271,13 @@ def _forward(
                 lin.track(x)
                 if producers is not None:
                     producers[id(x)] = (x, "input")
+            torch.set_grad_enabled(src is None)
             try:
                 model(x)
-            except _NewMerge:
+            except _Stop:  # includes _NewMerge
                 pass
-            except _Stop:
-                pass
+            finally:
+                torch.set_grad_enabled(True)
     finally:
         for h in handles:
             h.remove()
@@ -345,21 +347,41 @@ class _Pullback:
             b = min(chunk, n - s)
             cots = tuple(o.new_zeros(b, *o.shape) for o in self.outs)
             cots[which][torch.arange(b), torch.arange(s, s + b)] = 1
-            yield s, torch.func.vmap(self.fn)(cots)
+            with torch.no_grad():  # do not record the backward itself (parameters require grad)
+                grads = torch.func.vmap(self.fn)(cots)
+            yield s, tuple(g.detach() for g in grads)
 
 
 def _chunk_size(trace: _Trace, n: int, dtype: torch.dtype) -> int:
-    per = max(1, trace.act_numel) * torch.empty((), dtype=dtype).element_size() * 3
-    return int(max(1, min(n, _GRAD_BUDGET // per, 512)))
+    """Cotangents per batched backward: their gradient buffers (about the size of the activations
+    between src and dst, per cotangent) should stay around ``_GRAD_BUDGET`` on a CPU: larger chunks fall
+    out of the caches and get slower (measured: lite0 blocks.4.0 -> blocks.5.0, 9 MB per cotangent, is
+    fastest at 4 per chunk; googlenet inception3a -> inception3b, 0.3 MB, at 32-64). GPUs get 64x more."""
+    per = max(1, trace.act_numel) * torch.empty((), dtype=dtype).element_size()
+    budget = _GRAD_BUDGET if trace.dst_out is None or trace.dst_out.device.type == "cpu" else 64 * _GRAD_BUDGET
+    return int(max(1, min(n, max(4, budget // per), 128 if budget == _GRAD_BUDGET else 1024)))
 
 
 def _crop(g: torch.Tensor, rf: ReceptiveField) -> torch.Tensor:
-    """``[B, 1, C, H, W]`` (or ``[B, 1, C]``) -> ``[B, C, Kh, Kw]`` at the field."""
+    """``[B, 1, C, H, W]`` (or ``[B, 1, C]``) -> ``[B, C, Kh, Kw]`` at the field (a view)."""
     g = g[:, 0]
     if g.dim() == 2:
         return g[:, :, None, None]
     (r0, c0), (kh, kw) = rf.start, rf.size
     return g[:, :, r0:r0 + kh, c0:c0 + kw]
+
+
+def _collect(pb: _Pullback, which: int, rf: ReceptiveField) -> torch.Tensor:
+    """All rows of output ``which``, cropped: ``[n, C, Kh, Kw]``. The result is allocated once up front:
+    small tensors kept between the large, freed chunk buffers would fragment the heap (glibc keeps the
+    freed chunks, so memory would grow with every chunk)."""
+    out = None
+    for s, g in pb.pull(which):
+        c = _crop(g[0], rf)
+        if out is None:
+            out = c.new_empty(pb.outs[which].shape[0], *c.shape[1:])
+        out[s:s + c.shape[0]] = c
+    return out
 
 
 # ----------------------------------------------------------------------------------- receptive field
@@ -521,7 +543,7 @@ def _search(probe, src, dst) -> ReceptiveField:
 # ------------------------------------------------------------------------------------ main function
 def _expand(model, src, dst, units, rf, gate) -> torch.Tensor:
     pb = _Pullback(model, src, dst, rf, gate, units)
-    return torch.cat([_crop(g[0], rf) for _, g in pb.pull(0)]).detach()
+    return _collect(pb, 0, rf).detach()
 
 
 @_grad_capable
@@ -621,11 +643,10 @@ def _paths(model, src, dst, units, rf, gate) -> dict[str, torch.Tensor]:
                                      "layers closer together for paths=True")
             pending.extend(choices + [j] for j in reversed(range(state["new"])))
             continue
-        parts = [_crop(g[0], rf) for _, g in pb.pull(0)]
         label = " > ".join(state["labels"]) or "direct"
         while label in results:
             label += "'"
-        results[label] = torch.cat(parts).detach()
+        results[label] = _collect(pb, 0, rf).detach()
     return results
 
 
@@ -648,7 +669,7 @@ def _via(result: Expanded, model, src, dst, mid, units, rf, gate, top) -> None:
         f1 = _field(model, src, mid, n, None)
     pb = _Pullback(model, src, dst, rf, gate, units, mid=mid, mid_shape=f2.src_shape, mid_pos=p)
     c_mid = f2.src_shape[0]
-    e1 = torch.cat([_crop(g[0], f1) for _, g in pb.pull(1)])          # [C_mid, C_src, K1h, K1w]
+    e1 = _collect(pb, 1, f1)                                           # [C_mid, C_src, K1h, K1w]
     kh, kw = rf.size
     c_src = result.total.shape[1]
     keep = min(top if top is not None else c_mid, c_mid)

@@ -323,6 +323,12 @@ class Linearizer(TorchFunctionMode):
             if name == "batch_norm" and bool(_arg(args, kwargs, 5, "training", False)):
                 raise self._fail(func, "batch_norm with batch statistics (training mode or "
                                        "track_running_stats=False) is not linear")
+            if name == "batch_norm" and func is F.batch_norm:
+                return self._affine_batch_norm(args, kwargs)
+            if name == "conv2d":
+                out = self._pointwise_conv(args, kwargs)
+                if out is not None:
+                    return out
             return self._run(func, args, kwargs)
         if name in _SHAPE_SECOND:
             if not self.is_tracked(x):
@@ -359,6 +365,41 @@ class Linearizer(TorchFunctionMode):
         out = func(*args, **kwargs)
         self.track(out)
         return out
+
+    def _pointwise_conv(self, args, kwargs):
+        """A 1x1, stride-1, ungrouped, unpadded conv as an einsum (same map; its batched backward is a
+        batched matrix product, several times faster on CPU than vmapped ``convolution_backward``)."""
+        x, w = args[0], _arg(args, kwargs, 1, "weight")
+        b = _arg(args, kwargs, 2, "bias")
+        stride, padding = _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0)
+        groups = _arg(args, kwargs, 6, "groups", 1)
+        if (not isinstance(w, torch.Tensor) or w.dim() != 4 or tuple(w.shape[-2:]) != (1, 1) or groups != 1
+                or x.dim() != 4 or stride not in (1, (1, 1), [1, 1])
+                or padding not in (0, (0, 0), [0, 0], "valid", "same")):
+            return None
+        out = torch.einsum("oi,bihw->bohw", w[:, :, 0, 0], x)
+        if b is not None:
+            out = out + b[:, None, None]
+        self.track(out)
+        return out
+
+    def _affine_batch_norm(self, args, kwargs):
+        """Eval batch norm as an explicit per-channel ``x * scale + shift`` (its backward is a cheap
+        product, which batches far better under vmap than ``native_batch_norm_backward``)."""
+        x = args[0]
+        rm, rv = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
+        if rm is None or rv is None:
+            return self._run(F.batch_norm, args, kwargs)
+        w, b = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
+        eps = _arg(args, kwargs, 7, "eps", 1e-5)
+        scale = torch.rsqrt(rv + eps)
+        if w is not None:
+            scale = scale * w
+        shift = -rm * scale
+        if b is not None:
+            shift = shift + b
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self._run(torch.add, (x * scale.reshape(shape), shift.reshape(shape)), {})
 
     def _avg_pool(self, func, name, args, kwargs):
         nd = _MAX_POOLS[name]

@@ -1,0 +1,210 @@
+"""Benchmark: expanded weights for all units of a layer, weightviz vs the obvious per-channel autograd loop,
+measured side by side in one run, with the max error between them and the peak memory of each.
+
+Methods (each pair: all units of ``dst``, all channels of ``src``):
+
+- ``ours``: :func:`weightviz.expanded_weights` on a fresh model object (so the receptive-field search is
+  included), then ``ours (field cached)``: the same call again (median of ``--repeats``).
+- ``loop@224``: the obvious way (Captum notebook): a hand-linearized copy (ReLU/ReLU6 modules -> Identity,
+  ``F.relu`` patched to the identity for GoogLeNet's BasicConv2d, max-pool -> avg-pool), one full forward
+  on a 224x224 input, then one ``autograd.grad`` per ``dst`` unit at the centre position (graph retained),
+  cropped to the field. One run (it is slow): its time is the forward plus ``C_dst`` x the mean backward,
+  measured on ``--loop-units`` evenly spaced units (all units when ``C_dst`` is not larger).
+- ``loop@small``: the same per-unit loop on weightviz's small input (ablation: how much comes from the
+  small input and how much from batching the cotangents).
+
+Memory: every method runs in its own subprocess; "peak MiB" is the rise of the peak resident set size
+over the process's RSS just before the method starts (model loaded, everything imported).
+
+Run: ``.venv/bin/python benchmarks/expand.py [--repeats 3] [--threads 1] [--loop-units 96] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+PAIRS = [
+    ("efficientnet_lite0", "blocks.1.0", "blocks.2.0"),
+    ("efficientnet_lite0", "blocks.2.0", "blocks.3.0"),
+    ("efficientnet_lite0", "blocks.3.0", "blocks.4.0"),
+    ("efficientnet_lite0", "blocks.4.0", "blocks.5.0"),
+    ("torchvision:googlenet", "maxpool2", "inception3a"),
+    ("torchvision:googlenet", "inception3a", "inception3b"),
+    ("torchvision:googlenet", "inception3b", "inception4a"),
+]
+
+
+def _load(spec: str):
+    import weightviz as wv
+
+    torch.manual_seed(0)
+    return wv.load_model(spec)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def hand_linearized(model):
+    import copy
+
+    from torch import nn
+
+    m = copy.deepcopy(model).eval()
+    for mod in list(m.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout)):
+                setattr(mod, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                ceil_mode=child.ceil_mode, count_include_pad=True))
+    return m
+
+
+def per_unit_loop(model, src, dst, size, rf_at_size, units):
+    """The obvious method: forward the hand-linearized copy at ``size``, one backward per unit.
+
+    Returns ``(forward_s, mean_backward_s, [len(units), C_src, K, K])``."""
+    import torch.nn.functional as F
+
+    lin = hand_linearized(model)
+    mods = dict(lin.named_modules())
+    cap = {}
+
+    def src_hook(_m, _i, out):
+        cap["z"] = torch.zeros_like(out, requires_grad=True)
+        return cap["z"] * 1.0
+
+    def dst_hook(_m, _i, out):
+        cap["y"] = out
+
+    h1 = mods[src].register_forward_hook(src_hook)
+    h2 = mods[dst].register_forward_hook(dst_hook)
+    relu = F.relu
+    F.relu = lambda x, inplace=False: x
+    try:
+        t = time.perf_counter()
+        with torch.enable_grad():
+            lin(torch.zeros(1, 3, size, size))
+        fwd = time.perf_counter() - t
+    finally:
+        F.relu = relu
+        h1.remove()
+        h2.remove()
+    y = cap["y"]
+    tgt = rf_at_size.target
+    (r0, c0), (kh, kw) = rf_at_size.start, rf_at_size.size
+    out = []
+    t = time.perf_counter()
+    for u in units:
+        (g,) = torch.autograd.grad(y[0, u, tgt[0], tgt[1]], cap["z"], retain_graph=True)
+        out.append(g[0, :, r0:r0 + kh, c0:c0 + kw])
+    bwd = (time.perf_counter() - t) / len(units)
+    return fwd, bwd, torch.stack(out)
+
+
+def child(spec: str, src: str, dst: str, method: str, repeats: int, threads: int, loop_units: int) -> dict:
+    import weightviz as wv
+    from weightviz import expand as X
+
+    torch.set_num_threads(threads)
+    model = _load(spec)
+    result: dict = {}
+    if method == "ours":
+        rss0 = _rss_mib()
+        t = time.perf_counter()
+        E = wv.expanded_weights(model, src, dst)
+        result["first_s"] = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            E = wv.expanded_weights(model, src, dst)
+            times.append(time.perf_counter() - t)
+        result["time_s"] = statistics.median(times)
+        result["peak_mib"] = _peak_mib() - rss0
+        rf = wv.receptive_field(model, dst, src)
+        result.update(shape=list(E.shape), input_size=rf.input_size, field=list(rf.size))
+        torch.save(E, f"/tmp/wv_bench_ours_{spec.replace(':', '_')}_{src}_{dst}.pt")
+    else:
+        size = 224 if method == "loop@224" else X._field(model, src, dst, None).input_size
+        rf_at = X._field(model, src, dst, size if method == "loop@224" else None)
+        n_dst = rf_at.dst_shape[0]
+        step = max(1, -(-n_dst // loop_units))
+        units = list(range(0, n_dst, step))
+        rss0 = _rss_mib()
+        fwd, bwd, E = per_unit_loop(model, src, dst, size, rf_at, units)
+        result["time_s"] = fwd + bwd * n_dst   # exact cost model: one forward + one backward per unit
+        result["measured_units"] = len(units)
+        result["peak_mib"] = _peak_mib() - rss0
+        ours = torch.load(f"/tmp/wv_bench_ours_{spec.replace(':', '_')}_{src}_{dst}.pt")[units]
+        result["max_rel_err"] = float((E - ours).abs().max() / ours.abs().max())
+        result["input_size"] = size
+    return result
+
+
+def run_child(spec, src, dst, method, repeats, threads, loop_units) -> dict:
+    cmd = [sys.executable, __file__, "--child", spec, src, dst, method, "--repeats", str(repeats),
+           "--threads", str(threads), "--loop-units", str(loop_units)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of ours (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see BENCHMARKS.md)")
+    parser.add_argument("--loop-units", type=int, default=96,
+                        help="units timed in the per-unit loops (evenly spaced); the loop's time is its forward "
+                             "plus C_dst times the mean backward")
+    parser.add_argument("--quick", action="store_true", help="first lite0 and googlenet pair only")
+    parser.add_argument("--child", nargs=4, metavar=("SPEC", "SRC", "DST", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.repeats, args.threads, args.loop_units)))
+        return
+    print(f"# expanded weights, all units; torch {torch.__version__}, {args.threads} threads, "
+          f"{platform.machine()}, {torch.get_num_threads()} default threads")
+    pairs = [PAIRS[1], PAIRS[5]] if args.quick else PAIRS
+    head = (f"{'model':<10} {'src -> dst':<28} {'units x C x K':>14} {'in':>4} | {'ours 1st':>8} {'ours':>7} "
+            f"{'MiB':>5} | {'loop@224':>8} {'MiB':>5} {'x1st':>6} {'x':>6} | {'loop@in':>7} {'x':>5} | max rel err")
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for spec, src, dst in pairs:
+        o = run_child(spec, src, dst, "ours", args.repeats, args.threads, args.loop_units)
+        b = run_child(spec, src, dst, "loop@224", args.repeats, args.threads, args.loop_units)
+        s = run_child(spec, src, dst, "loop@small", args.repeats, args.threads, args.loop_units)
+        name = "lite0" if "lite0" in spec else spec.split(":")[1]
+        u, c, k = o["shape"][0], o["shape"][1], o["field"][0]
+        err = max(b["max_rel_err"], s["max_rel_err"])
+        rows.append((b["time_s"] / o["first_s"], b["time_s"] / o["time_s"], err))
+        note = "" if b["measured_units"] == u else f" (loops timed on {b['measured_units']} units)"
+        print(f"{name:<10} {src + ' -> ' + dst:<28} {f'{u}x{c}x{k}':>14} {o['input_size']:>4} | "
+              f"{o['first_s']:>7.2f}s {o['time_s']:>6.2f}s {o['peak_mib']:>5.0f} | {b['time_s']:>7.2f}s "
+              f"{b['peak_mib']:>5.0f} {b['time_s'] / o['first_s']:>5.1f}x {b['time_s'] / o['time_s']:>5.1f}x | "
+              f"{s['time_s']:>6.2f}s {s['time_s'] / o['time_s']:>4.1f}x | {err:.1e}{note}", flush=True)
+    first = [r[0] for r in rows]
+    warm = [r[1] for r in rows]
+    print(f"speed-up vs loop@224: first call {min(first):.1f}x-{max(first):.1f}x (median "
+          f"{statistics.median(first):.1f}x), field cached {min(warm):.1f}x-{max(warm):.1f}x (median "
+          f"{statistics.median(warm):.1f}x); max rel err {max(r[2] for r in rows):.1e}")
+
+
+if __name__ == "__main__":
+    main()
