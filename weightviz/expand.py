@@ -29,7 +29,7 @@ the centre ``((H-1)//2, (W-1)//2)`` of ``dst``'s output map at the chosen input 
 >>> m = wv.load_model()                                                   # embedded lite0
 >>> E = wv.expanded_weights(m, "blocks.2.0", "blocks.3.0.conv_pwl")       # doctest: +SKIP
 >>> E.shape                                      # [C_dst, C_src, K, K]   # doctest: +SKIP
-torch.Size([80, 40, 5, 5])
+torch.Size([80, 40, 7, 7])
 """
 
 from __future__ import annotations
@@ -586,7 +586,10 @@ def expanded_weights(
     >>> import weightviz as wv
     >>> m = wv.load_model()                                                        # doctest: +SKIP
     >>> wv.expanded_weights(m, "blocks.2.0", "blocks.3.0.conv_pwl", units=[3]).shape  # doctest: +SKIP
-    torch.Size([1, 40, 5, 5])
+    torch.Size([1, 40, 7, 7])
+    >>> r = wv.expanded_weights(m, "blocks.1.0", "blocks.2.0", units=[0], paths=True)   # doctest: +SKIP
+    >>> list(r.paths)                        # residual branch, skip connection           # doctest: +SKIP
+    ['blocks.1.1:blocks.1.1.bn3', 'blocks.1.1:blocks.1.0']
     """
     model = resolve(model)
     _check_layers(model, src, dst, via)
@@ -729,7 +732,7 @@ def top_inputs(
     >>> import weightviz as wv
     >>> m = wv.load_model()                                                     # doctest: +SKIP
     >>> [c.channel for c in wv.top_inputs(m, "blocks.3.0.conv_pwl", 5, "blocks.2.0", k=3)]  # doctest: +SKIP
-    [17, 4, 30]
+    [3, 12, 1]
     """
     model = resolve(model)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
