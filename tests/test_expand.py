@@ -165,7 +165,7 @@ def test_resnet18_matches_slow_reference_and_paths_sum(resnet18, monkeypatch):
 def test_lite0_block_to_block_matches_slow_reference(lite0, monkeypatch):
     units = [0, 11, 40, 79]
     ours = wv.expanded_weights(lite0, "blocks.2.0", "blocks.3.0", units=units)
-    ref = slow_expanded(lite0, "blocks.2.0", "blocks.3.0", units, 128, monkeypatch)
+    ref = slow_expanded(lite0, "blocks.2.0", "blocks.3.0", units, 96, monkeypatch)
     assert ours.shape[-2:] == (7, 7)  # 5x5 depthwise (stride 1) then 3x3 depthwise (stride 2): 5 + 2
     assert embed_error(ours, ref) <= 1e-5
 
@@ -206,6 +206,18 @@ def test_via_with_skip_returns_bypass_and_top_k(resnet18):
     norms = full.via.flatten(2).norm(dim=2)
     torch.testing.assert_close(res.via_units, norms.topk(5, dim=1).indices)
     torch.testing.assert_close(full.via.sum(1) + full.bypass, full.total, rtol=1e-5, atol=1e-6)
+
+
+def test_global_pooling_dst(resnet18):
+    """fc after global average pooling: its field is the whole map (needs input_size); from the pooled
+    output it is exactly fc's weights; summed over positions, the per-position weights give fc too."""
+    with pytest.raises(WeightvizError, match="no spatial axes.*input_size="):
+        wv.expanded_weights(resnet18, "layer4", "fc")
+    w = wv.weights(resnet18, "fc")[[0, 5]]
+    e = wv.expanded_weights(resnet18, "layer4", "fc", units=[0, 5], input_size=64)   # layer4 map: 2x2
+    assert e.shape == (2, 512, 2, 2)
+    torch.testing.assert_close(e.sum((2, 3), keepdim=True), w)
+    torch.testing.assert_close(wv.expanded_weights(resnet18, "avgpool", "fc", units=[0, 5]), w)
 
 
 # ------------------------------------------------------------------------------------------ top inputs
@@ -266,6 +278,11 @@ def test_bad_input_raises_one_line_errors(tiny):
         wv.top_inputs(tiny, "conv3", 9)
     for m in tiny.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_reused_module_as_src_is_refused(resnet18):
+    with pytest.raises(WeightvizError, match="runs more than once"):
+        wv.expanded_weights(resnet18, "layer1.0.relu", "layer1.1.conv1")
 
 
 def test_no_route_and_unlinearizable_op_between(googlenet):

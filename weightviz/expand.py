@@ -34,6 +34,7 @@ torch.Size([80, 40, 7, 7])
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import weakref
@@ -510,6 +511,16 @@ def _search(probe, src, dst) -> ReceptiveField:
     n, bad = 32, 0
     errors: list[str] = []
     rf = _try(probe, n, errors)
+    if rf is not None and len(rf.src_shape) == 3 and rf.src_shape[1:] == (1, 1):
+        big = _try(probe, 2 * n, errors)
+        if big is not None and big.src_shape[1:] == (1, 1):   # src is globally pooled: nothing to truncate
+            return dataclasses.replace(rf, size=(1, 1), start=(0, 0), truncated=False)
+    if rf is not None and rf.target is None and len(rf.src_shape) == 3:
+        raise WeightvizError(
+            f"{dst!r} has no spatial axes (global pooling or a fully connected layer after {src!r}): its field is "
+            "the whole input, so it grows with the input size; pass input_size= to fix it (the weights then "
+            "cover the whole src map)"
+        )
     while True:
         while rf is None or rf.truncated:
             bad, n = n, n * 2
