@@ -44,6 +44,9 @@ _EXPORTS: dict[str, str] = {
     "expanded_weights": "expand",
     "top_inputs": "expand",
     "receptive_field": "expand",
+    "Expanded": "expand",
+    "Connection": "expand",
+    "ReceptiveField": "expand",
     "linearized": "linear",
     # feature visualization
     "render": "optvis.render",
