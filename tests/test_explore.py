@@ -28,7 +28,7 @@ from weightviz.explore import (
     make_server,
 )
 from weightviz.explore import paths as P
-from weightviz.explore.jobs import Job, ProcessExecutor, SerialExecutor, is_done, job_key, mark_done
+from weightviz.explore.jobs import Job, SerialExecutor, is_done, job_key, mark_done
 from weightviz.explore.server import ExplorerApp
 from weightviz.figures import DIVERGING_STOPS
 
@@ -100,12 +100,12 @@ def test_job_keys_and_stamps(tmp_path):
     assert not is_done(tmp_path, a)  # stamp without the output: not done
 
 
-def test_serial_and_process_executors_agree():
+def test_serial_executor_passes_its_state():
+    # (the process pool is tested end to end in test_explore_cli: --jobs 2 gives the same site as --jobs 1)
     jobs = [Job("render", {"x": i}, (f"{i}.png",)) for i in range(5)]
-    serial = dict((j.inputs["x"], r) for j, r in SerialExecutor(state=3).imap(_double, jobs))
-    with ProcessExecutor(2, init=int, init_args=("3",)) as pool:
-        pooled = dict((j.inputs["x"], r) for j, r in pool.imap(_double, jobs))
-    assert serial == pooled == {i: 3 * i for i in range(5)}
+    assert dict((j.inputs["x"], r) for j, r in SerialExecutor(state=3).imap(_double, jobs)) == {i: 3 * i for i in range(5)}
+    built = SerialExecutor(init=int, init_args=("4",))
+    assert [r for _, r in built.imap(_double, jobs[:2])] == [0, 4]
 
 
 # ------------------------------------------------------------------------------------------- store

@@ -102,8 +102,8 @@ def build_site(
     report = BuildReport(root)
     report.seconds["setup"] = time.perf_counter() - t0
     salt = _salt(ex)
-    spec = _worker_spec(model, ex)
-    executor = make_executor(jobs, ex, _init_worker, (spec, ex.layers, ex._units_spec, cfg, _cache_arg(ex), ex.name))
+    executor = make_executor(jobs, ex, _init_worker, (_worker_spec(ex), ex.layers, ex._units_spec, cfg,
+                                                      _cache_arg(ex), ex.name, ex.hash))
     try:
         # 1. weights: one job per explored layer
         t = time.perf_counter()
@@ -212,17 +212,21 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------------- worker state
-def _worker_spec(model, ex: Explorer):
-    """What a worker process needs to rebuild the model: the spec string, or the module itself."""
-    return model if isinstance(model, str) else ex.model
+def _worker_spec(ex: Explorer) -> nn.Module:
+    """The model workers use: the loaded module itself (pickled once per worker), never the spec string:
+    a spec with random init would give every process different weights."""
+    return ex.model
 
 
 def _cache_arg(ex: Explorer):
     return str(ex.render_cache.path) if ex.render_cache is not None else None
 
 
-def _init_worker(spec, layers, units, config, cache, name) -> Explorer:
-    return Explorer(spec, layers, units, config=config, render_cache=cache, name=name)
+def _init_worker(model, layers, units, config, cache, name, expected_hash) -> Explorer:
+    ex = Explorer(model, layers, units, config=config, render_cache=cache, name=name)
+    if ex.hash != expected_hash:
+        raise WeightvizError(f"worker model hash {ex.hash} differs from {expected_hash}; use --jobs 1")
+    return ex
 
 
 # ------------------------------------------------------------------------------------------- jobs
