@@ -59,3 +59,34 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert err.strip().startswith("error:") and err.strip().count("\n") == 0
     assert not (tmp_path / "new" / "index.html").exists()
     assert (tmp_path / "foreign" / "keep.txt").read_text() == "mine"
+
+
+def test_serve_announces_its_url_serves_and_stops_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weightviz.cli", "serve", MODEL, "--port", "0", "--db", str(tmp_path / "x.sqlite"),
+         "--size", "16", "--steps", "2", "--layers", "features.3,features.4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert " at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "layer/features.4.html", timeout=120) as r:
+            assert r.status == 200 and b"features.4" in r.read()
+        with urllib.request.urlopen(url + "img/fv/features.4/3.png", timeout=120) as r:
+            assert r.read().startswith(b"\x89PNG")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
+    assert (tmp_path / "x.sqlite").is_file()

@@ -38,6 +38,7 @@ from ..errors import WeightvizError
 from . import _png, pages
 from . import paths as P
 from .data import ExploreConfig, Explorer
+from .jobs import FORMAT_VERSION
 from .store import SqliteCache
 
 __all__ = ["ExplorerApp", "ExplorerServer", "RenderQueue", "make_server", "serve"]
@@ -153,7 +154,7 @@ class ExplorerApp:
         self.renders = RenderQueue(explorer, cache)
         self._slugs = {P.slug(n): n for n in explorer.all_layers}
         cfg = explorer.config
-        self._cfg = json.dumps(cfg.key(), sort_keys=True)
+        self._cfg = json.dumps({**cfg.key(), "format": FORMAT_VERSION}, sort_keys=True)
 
     @property
     def computations(self) -> int:
@@ -276,7 +277,7 @@ class ExplorerApp:
                 raise NotFound(f"Unknown source layer {chosen!r} for ?src=.")
             extra = ex.source_for(layer, src)
             sources = [extra] + [s for s in sources if s.layer != extra.layer]  # the chosen tab first
-        key = self._key("data", layer, unit, [(s.layer, s.kind) for s in sources])
+        key = self._key("data", layer, unit, [(s.layer, s.kind) for s in sources], ex.next_layer(layer))
         blob = self.cache.get_or_compute(
             key, lambda: json.dumps(pages.unit_data(ex, layer, unit, sources)).encode())
         data = json.loads(blob)
