@@ -117,8 +117,15 @@ EXPLORER_UNITS = "0:8"
 def explorer_step(ctx: DemoContext) -> list[Path]:
     from .explore import ExploreConfig, build_site
 
+    names = {"weights": "weights, NMF images, top inputs", "render": "feature visualizations", "page": "pages"}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total:
+            print(f"  explorer: {names[stage]} {done}/{total} jobs done", flush=True)
+
     report = build_site(ctx.model, ctx.out / "explorer", layers=EXPLORER_LAYERS, units=EXPLORER_UNITS,
-                        config=ExploreConfig(size=64, steps=48, top_k=6), name="efficientnet_lite0")
+                        config=ExploreConfig(size=64, steps=48, top_k=6), name="efficientnet_lite0",
+                        progress=progress)
     ctx.notes["explorer"] = (f"{report.pages} unit pages; open file://{report.index.resolve()} in a browser, "
                              "or browse every layer live: weightviz serve lite0")
     return [report.index]
