@@ -90,3 +90,19 @@ def test_serve_announces_its_url_serves_and_stops_on_ctrl_c(tmp_path):
             raise
     assert proc.returncode == 0
     assert (tmp_path / "x.sqlite").is_file()
+
+
+def test_demo_ends_with_the_explorer_and_how_to_open_it(tmp_path, capsys, monkeypatch):
+    from weightviz import demo
+
+    assert demo.STEPS[-1][0] == "explorer"  # the last step of `make demo`
+    monkeypatch.setattr(demo, "EXPLORER_LAYERS", "blocks.0.0,blocks.1.0")
+    monkeypatch.setattr(demo, "EXPLORER_UNITS", "0:2")
+    monkeypatch.setattr(demo, "EXPLORER_CONFIG", {"size": 16, "steps": 1, "top_k": 2, "n_factors": 2})
+    monkeypatch.setenv("WEIGHTVIZ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert demo.main(["--out", str(out), "--only", "explorer"]) == 0
+    printed = capsys.readouterr().out
+    index = out / "explorer" / "index.html"
+    assert f"open file://{index.resolve()}" in printed
+    assert (out / "explorer" / "unit" / "blocks.1.0" / "1.html").is_file()

@@ -111,6 +111,8 @@ def figures_step(ctx: DemoContext) -> list[Path]:
 #: The demo explorer: three lite0 blocks (direct and block-to-block expanded weights), a few units each.
 EXPLORER_LAYERS = "blocks.0.0,blocks.1.0,blocks.2.0"
 EXPLORER_UNITS = "0:8"
+#: FV size/steps kept small so the demo stays fast on a CPU (the explore CLI defaults to 64 px, 64 steps).
+EXPLORER_CONFIG = {"size": 64, "steps": 48, "top_k": 6}
 
 
 @demo_step("explorer", "weight explorer of lite0 (static site; re-runs skip what is built)")
@@ -124,7 +126,7 @@ def explorer_step(ctx: DemoContext) -> list[Path]:
             print(f"  explorer: {names[stage]} {done}/{total} jobs done", flush=True)
 
     report = build_site(ctx.model, ctx.out / "explorer", layers=EXPLORER_LAYERS, units=EXPLORER_UNITS,
-                        config=ExploreConfig(size=64, steps=48, top_k=6), name="efficientnet_lite0",
+                        config=ExploreConfig(**EXPLORER_CONFIG), name="efficientnet_lite0",
                         progress=progress)
     ctx.notes["explorer"] = (f"{report.pages} unit pages; open file://{report.index.resolve()} in a browser, "
                              "or browse every layer live: weightviz serve lite0")
