@@ -332,10 +332,16 @@ class Explorer:
                 handles.append(modules[name].register_forward_hook(post(name)))
             self.model.eval()
             p = next(self.model.parameters(), None)
-            x = torch.zeros(1, spec.channels, spec.size, spec.size,
-                            device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else None)
-            with self.compute_lock, torch.no_grad():
-                self.model(x)
+            kw = {"device": p.device if p is not None else "cpu", "dtype": p.dtype if p is not None else None}
+            # which module feeds which does not depend on the image size: try a small, cheap one first
+            for size in dict.fromkeys((min(64, spec.size), spec.size)):
+                try:
+                    with self.compute_lock, torch.no_grad():
+                        self.model(torch.zeros(1, spec.channels, size, size, **kw))
+                    break
+                except Exception:  # noqa: BLE001 - too small for this model: retry at its own size
+                    produced.clear()
+                    found.clear()
         except Exception:  # noqa: BLE001 - tracing is best effort; the fallback search is exact
             pass
         finally:

@@ -356,7 +356,10 @@ def make_server(
                                                             render_cache=render_cache)
     if cache is not None and not isinstance(cache, SqliteCache):
         cache = SqliteCache(cache, ex.hash)
-    return ExplorerServer(ExplorerApp(ex, cache), host, port, verbose=verbose)
+    server = ExplorerServer(ExplorerApp(ex, cache), host, port, verbose=verbose)
+    for layer in ex.layers:  # trace the layer graph now (one forward) rather than in the first request
+        ex.sources(layer)
+    return server
 
 
 def serve(model: nn.Module | str | Explorer | None, host: str = "127.0.0.1", port: int = 8000,
