@@ -17,6 +17,7 @@ Prints the timings and warm/cold ratios. Renders use the explorer's default size
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import tempfile
@@ -86,6 +87,7 @@ def main() -> None:
 
     model = wv.load_model()
     cfg = ExploreConfig(**{k: v for k, v in {"size": args.size, "steps": args.steps}.items() if v is not None})
+    print(f"load average before: {os.getloadavg()[0]:.1f} (2-core machine shared with other jobs: cold times vary)")
     print(f"lite0, layers {args.layers}; unit page {args.layer}:{args.unit}; FV {cfg.size} px, {cfg.steps} steps, "
           f"top {cfg.top_k}, {cfg.n_factors} factors; torch threads {torch.get_num_threads()}")
     tmp = Path(tempfile.mkdtemp(prefix="wv-bench-explore-"))
@@ -95,6 +97,8 @@ def main() -> None:
     ex = Explorer(model, args.layers, None, config=cfg, render_cache=tmp / "renders", name="efficientnet_lite0")
     db = tmp / "explorer.sqlite"
     app = ExplorerApp(ex, SqliteCache(db, ex.hash))
+    for layer in ex.layers:  # server start-up (make_server): trace the layer graph once
+        ex.sources(layer)
     cold = load_page(app, path)
     n_images = len(page_images(app.handle(path)[2].decode(), path))
     print(f"\ncold unit page ({n_images} images): {cold['total']:.2f} s = page data (weights) {cold['page']:.2f} s"
@@ -130,7 +134,7 @@ def main() -> None:
         again = build_site(model, tmp / "site", explorer=ex3)
         print(f"  re-run (up to date): {time.perf_counter() - t:.2f} s, {sum(again.run.values())} jobs run, "
               f"{sum(again.skipped.values())} skipped")
-    print(f"\n(scratch files in {tmp})")
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}; scratch files in {tmp}")
 
 
 if __name__ == "__main__":
