@@ -63,31 +63,10 @@ def score(model, images: torch.Tensor, layer: str, units: list[int]) -> list[flo
     return [float(a[i, u].mean()) for i, u in enumerate(units)]
 
 
-def bare_step(model, n: int, size: int, layer: str | None, repeats: int = 5) -> float:
-    """Median seconds of forward+backward w.r.t. the input only, batch ``[n, 3, size, size]``."""
-    x0 = torch.rand(n, 3, size, size)
-    times = []
-    with frozen(model):
-        if layer is None:
-            def f():
-                x = x0.clone().requires_grad_(True)
-                model(x).sum().backward()
-            f()
-            for _ in range(repeats):
-                t = time.process_time()
-                f()
-                times.append(time.process_time() - t)
-        else:
-            with Capture(model, [layer]) as cap:
-                def f():
-                    x = x0.clone().requires_grad_(True)
-                    cap.run(x)[layer][:, 0].mean().backward()
-                f()
-                for _ in range(repeats):
-                    t = time.process_time()
-                    f()
-                    times.append(time.process_time() - t)
-    return float(np.median(times))
+def _cpu(f) -> float:
+    t = time.process_time()
+    f()
+    return time.process_time() - t
 
 
 def main() -> None:
@@ -96,6 +75,8 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=4)
     ap.add_argument("--layer", default="blocks.4.1")
     ap.add_argument("--lucent-steps", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--chunk", type=int, default=16, help="steps per timed call")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lucent-upsample", action="store_true", help="keep lucent's default upsampling to 224 px")
@@ -108,85 +89,93 @@ def main() -> None:
     units = torch.randperm(wv.layers(model)[layer].out_channels,
                            generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
     checkpoints = [k for k in CHECKPOINTS if k <= args.lucent_steps]
+    objectives = [obj.channel(layer, u) for u in units]
     print(f"lite0 {layer} units {units}, size {size}, batch {n}, {args.threads} threads", flush=True)
 
-    bare_full = [bare_step(model, n, size, None)]
-    bare_trunc = [bare_step(model, n, size, layer)]
+    def run_lucent(steps: int, thresholds: tuple[int, ...]):
+        lmodel = copy.deepcopy(model).eval()  # lucent leaves hooks on every module: a fresh copy each call
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        objective = sum(lobj.channel(layer.replace(".", "_"), u, batch=i) for i, u in enumerate(units))
+        transforms = ltransform.standard_transforms + [lambda x: (x - 0.5) / 0.5]
+        return lrender.render_vis(
+            lmodel, objective, param_f=lambda: lparam.image(size, batch=n), transforms=transforms,
+            thresholds=thresholds, preprocess=False, progress=False, show_image=False,
+            fixed_image_size=None if args.lucent_upsample else size,
+        )
 
-    # ---------------------------------------------------------------------------------------- lucent
-    lmodel = copy.deepcopy(model).eval()
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    objective = sum(lobj.channel(layer.replace(".", "_"), u, batch=i) for i, u in enumerate(units))
-    transforms = ltransform.standard_transforms + [lambda x: (x - 0.5) / 0.5]
-    t = time.process_time()
-    lucent_imgs = lrender.render_vis(
-        lmodel, objective, param_f=lambda: lparam.image(size, batch=n), transforms=transforms,
-        thresholds=tuple(checkpoints), preprocess=False, progress=False, show_image=False,
-        fixed_image_size=None if args.lucent_upsample else size,
-    )
-    lucent_time = time.process_time() - t
+    # ------------------------------------------------------------------- 1. activation vs steps (quality)
+    lucent_imgs = run_lucent(args.lucent_steps, tuple(checkpoints))
     lucent_curve = {k: score(model, torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float(), layer, units)
                     for k, im in zip(checkpoints, lucent_imgs)}
-    lucent_final = lucent_curve[checkpoints[-1]]
-    print(f"lucent: {args.lucent_steps} steps in {lucent_time:.1f} s, activation {np.mean(lucent_final):.2f} "
-          f"(per unit {[round(v, 2) for v in lucent_final]})", flush=True)
-
-    bare_full.append(bare_step(model, n, size, None))
-    bare_trunc.append(bare_step(model, n, size, layer))
-
-    # ------------------------------------------------------------------------------------- weightviz
-    stamps: dict[int, float] = {}    # render-clock time at each step (the scoring below is not counted)
     curve: dict[int, list[float]] = {}
-    scoring = [0.0]
 
     def record(step, images, idx):
-        now = time.process_time()
-        stamps[step] = now - scoring[0]
         if step in checkpoints:
             curve[step] = score(model, images, layer, units)
-            scoring[0] += time.process_time() - now
 
-    t0 = time.process_time()
-    wv.render(model, [obj.channel(layer, u) for u in units], size=size, steps=checkpoints[-1], seed=args.seed,
-              progress=False, callback=record)
-    wv_total = time.process_time() - t0 - scoring[0]
-    bare_full.append(bare_step(model, n, size, None))
-    bare_trunc.append(bare_step(model, n, size, layer))
-
-    def time_to(k):
-        return stamps[k] - t0
-
-    target = float(np.mean(lucent_final))
+    wv.render(model, objectives, size=size, steps=checkpoints[-1], seed=args.seed, progress=False, callback=record)
+    target = float(np.mean(lucent_curve[checkpoints[-1]]))
     reached = [k for k in checkpoints if np.mean(curve[k]) >= target]
     k_star = reached[0] if reached else None
-
-    per_step = (time_to(checkpoints[-1]) - time_to(16)) / (checkpoints[-1] - 16)
-    per_step_redirect = time_to(16) / 16
-    bf, bt = float(np.median(bare_full)), float(np.median(bare_trunc))
-
     print("\n| steps | lucent activation | weightviz activation |")
     print("|---:|---:|---:|")
     for k in checkpoints:
         print(f"| {k} | {np.mean(lucent_curve[k]):.2f} | {np.mean(curve[k]):.2f} |")
-    print()
-    lucent_ips = n / lucent_time
-    print(f"lucent   : {args.lucent_steps} steps, {lucent_time:.1f} s, activation {target:.2f} -> "
-          f"{lucent_ips:.3f} images/s")
+    print(f"per unit at {checkpoints[-1]} steps: lucent {[round(v, 2) for v in lucent_curve[checkpoints[-1]]]}, "
+          f"weightviz {[round(v, 2) for v in curve[checkpoints[-1]]]}", flush=True)
+
+    # ------------------------------------------------------------------ 2. per-step CPU time, interleaved
+    c = args.chunk
+    x0 = torch.rand(n, 3, size, size)
+    t_bare_full, t_bare_trunc, t_lucent, t_wv, t_wv_redirect = [], [], [], [], []
+    with frozen(model):
+        def bare_full():
+            x = x0.clone().requires_grad_(True)
+            model(x).sum().backward()
+
+        bare_full()
+        with Capture(model, [layer]) as cap:
+            def bare_trunc():
+                x = x0.clone().requires_grad_(True)
+                cap.run(x)[layer][:, 0].mean().backward()
+
+            bare_trunc()
+            timed_bare = [(bare_full, t_bare_full), (bare_trunc, t_bare_trunc)]
+            for _ in range(args.rounds):
+                for f, acc in timed_bare:
+                    acc.append(min(_cpu(f), _cpu(f)))
+                t_lucent.append(_cpu(lambda: run_lucent(c, (c,))) / c)
+                t_wv.append(_cpu(lambda: wv.render(model, objectives, size=size, steps=c, redirect_steps=0,
+                                                   progress=False)) / c)
+                t_wv_redirect.append(_cpu(lambda: wv.render(model, objectives, size=size, steps=c, redirect_steps=c,
+                                                            progress=False)) / c)
+    med = {k: float(np.median(v)) for k, v in [("bare_full", t_bare_full), ("bare_trunc", t_bare_trunc),
+                                                ("lucent", t_lucent), ("wv", t_wv), ("wv_redirect", t_wv_redirect)]}
+    print(f"\nper-step CPU s (median of {args.rounds} interleaved rounds; calls of {c} steps, setup included):")
+    for k, v in med.items():
+        print(f"  {k:12s} {v:.3f}   rounds: {[round(t, 3) for t in dict(bare_full=t_bare_full, bare_trunc=t_bare_trunc, lucent=t_lucent, wv=t_wv, wv_redirect=t_wv_redirect)[k]]}")
+
+    lucent_time = args.lucent_steps * med["lucent"]
+    print(f"\nlucent   : {args.lucent_steps} steps -> activation {target:.2f}; {lucent_time:.1f} CPU s -> "
+          f"{n / lucent_time:.4f} images/CPU-s")
     if k_star is None:
-        print(f"weightviz: did not reach {target:.2f} within {checkpoints[-1]} steps "
-              f"(reached {np.mean(curve[checkpoints[-1]]):.2f})")
+        print(f"weightviz: did not reach {target:.2f} within {checkpoints[-1]} steps")
     else:
-        tk = time_to(k_star)
-        print(f"weightviz: reaches {np.mean(curve[k_star]):.2f} >= {target:.2f} at {k_star} steps, {tk:.1f} s -> "
-              f"{n / tk:.3f} images/s = {n / tk / lucent_ips:.2f}x lucent")
-    print(f"weightviz at {checkpoints[-1]} steps: activation {np.mean(curve[checkpoints[-1]]):.2f}, {wv_total:.1f} s")
-    print(f"per step: lucent {lucent_time / args.lucent_steps:.3f} s; weightviz {per_step:.3f} s "
-          f"(first 16 steps with ReLU redirect: {per_step_redirect:.3f} s)")
-    print(f"bare fwd+bwd (input grad) batch {n}: full model {bf:.3f} s, truncated at {layer} {bt:.3f} s "
-          f"(medians of {bare_full}, {bare_trunc})".replace("[", "").replace("]", ""))
-    print(f"weightviz per-step / bare truncated = {per_step / bt:.2f}x; / bare full = {per_step / bf:.2f}x; "
-          f"lucent per-step / bare full = {lucent_time / args.lucent_steps / bf:.2f}x")
+        r = min(16, k_star)
+        wv_time = r * med["wv_redirect"] + (k_star - r) * med["wv"]
+        print(f"weightviz: {k_star} steps -> activation {np.mean(curve[k_star]):.2f} >= {target:.2f}; {wv_time:.1f} CPU s "
+              f"-> {n / wv_time:.4f} images/CPU-s = {lucent_time / wv_time:.1f}x lucent")
+        d = checkpoints[-1]
+        wv_d = 16 * med["wv_redirect"] + (d - 16) * med["wv"]
+        if wv.optvis.DEFAULT_STEPS in curve:
+            print(f"weightviz at its default {wv.optvis.DEFAULT_STEPS} steps: activation "
+                  f"{np.mean(curve[wv.optvis.DEFAULT_STEPS]):.2f}")
+        print(f"weightviz at {d} steps: activation {np.mean(curve[d]):.2f} in {wv_d:.1f} CPU s")
+    print(f"weightviz per step / bare fwd+bwd truncated at {layer}: {med['wv'] / med['bare_trunc']:.2f}x "
+          f"(ReLU-redirect steps {med['wv_redirect'] / med['bare_trunc']:.2f}x); / bare full model: "
+          f"{med['wv'] / med['bare_full']:.2f}x")
+    print(f"lucent per step / bare full model: {med['lucent'] / med['bare_full']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,9 @@ class RedirectReLU(TorchFunctionMode):
     in-place or not) runs as :class:`_RedirectedClamp`, out of place: units that are dead on the current
     image (zero gradient at their ReLU) still get a gradient that pushes them towards firing.
     Used for the first steps of :func:`weightviz.render` only. Calls on tensors that need no gradient
-    run unchanged.
+    run unchanged. In-place calls (``ReLU(inplace=True)``, ``relu_``) return a new tensor instead of
+    writing into their input; code that ignores the return value of an in-place relu would see the
+    un-clamped tensor during those steps (timm and torchvision always use the return value).
     """
 
     _RELU = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
