@@ -58,7 +58,7 @@ def render_cmd(
         from ..figures._core import image_grid
 
         labels = [f"unit {u} ({v:.3g})" for u, v in zip(selected, result.values.tolist())]
-        title = f"{model_name(m)}  {layer}: {objective} feature visualizations ({result.steps} steps, seed {seed})"
+        title = f"{model_name(m)} {layer}: {objective} feature visualizations ({result.steps} steps, seed {seed})"
         image_grid(result.images, labels, ncols=ncols or min(len(selected), 8), title=title, cell=1.3).save(output)
     n_cached = sum(result.cached)
     typer.echo(f"wrote {output} ({len(selected)} units of {layer}" + (f", {n_cached} from cache" if n_cached else "") + ")")
