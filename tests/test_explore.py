@@ -419,3 +419,29 @@ def test_server_over_http_binds_localhost(tiny):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_source_that_cannot_be_expanded_is_reported_not_fatal(tiny, tmp_path):
+    ex = Explorer(tiny, None, "0:2", config=FAST, render_cache=None, name="tiny")
+    real = ex.weights_from
+
+    def weights_from(src, dst):
+        if (src, dst) == ("conv1", "conv3"):
+            raise WeightvizError("cannot linearize op 'Frobnicate' between conv1 and conv3")
+        return real(src, dst)
+
+    ex.weights_from = weights_from
+    report = build_site(tiny, tmp_path / "site", explorer=ex)
+    assert report.pages == 6
+    _, broken = _crawl(tmp_path / "site")
+    assert broken == []
+    html = (tmp_path / "site" / P.unit_path("conv3", 1)).read_text()
+    assert "Cannot show the weights from conv1: cannot linearize op &#39;Frobnicate&#39;" in html
+    assert "direct: conv2" in html  # the other source is shown as usual
+    app = ExplorerApp(ex, SqliteCache(":memory:", ex.hash))
+    try:
+        status, _, body = app.handle("/unit/conv3/1.html")
+        assert status == 200 and b"Frobnicate" in body
+        assert app.handle("/layer/conv3.html")[0] == 200
+    finally:
+        app.close()

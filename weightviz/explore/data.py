@@ -279,23 +279,50 @@ class Explorer:
 
         Found by tracing one forward pass: the layer whose output tensor is ``layer``'s input (or
         shares its storage, for in-place ops). If the input comes from a non-explorable op (pooling,
-        activation, a plain function), the nearest earlier layer from which expanded weights to
-        ``layer`` exist is used.
+        activation, a plain function), the nearest earlier layer in the module tree from which expanded
+        weights to ``layer`` exist is used (e.g. googlenet ``inception4a`` <- ``inception3b`` across
+        ``maxpool3``).
         """
         self.info(layer)
         traced = self._traced_inputs().get(layer)
         if traced is not None:
             return traced
-        pos = self._order[layer]
-        earlier = [n for n in self._rows if self._order[n] < pos and not _is_ancestor(n, layer)
-                   and not _is_ancestor(layer, n)]
-        for cand in reversed(earlier[-8:]):
+        for n, cand in enumerate(self._earlier_in_tree(layer)):
+            if n >= 8:
+                break
             try:
                 self.weights_from(cand, layer)
                 return cand
             except WeightvizError:
                 continue
         return INPUT
+
+    def _earlier_in_tree(self, layer: str):
+        """Explorable layers that may feed ``layer``, nearest first: the earlier siblings of ``layer``,
+        then of its parent, and so on up the module tree (a plain container stands for its last
+        explorable descendant, e.g. ``blocks.1`` for ``blocks.1.1``)."""
+        modules = dict(self.model.named_modules())
+
+        def children(name: str) -> list[str]:
+            return [f"{name}.{c}" if name else c for c, _ in modules[name].named_children()]
+
+        def last_explorable(name: str) -> str | None:
+            for c in reversed(children(name)):
+                if c in self._rows:
+                    return c
+                found = last_explorable(c)
+                if found:
+                    return found
+            return None
+
+        parts = layer.split(".")
+        for depth in range(len(parts), 0, -1):
+            node, parent = ".".join(parts[:depth]), ".".join(parts[:depth - 1])
+            sibs = children(parent)
+            for sib in reversed(sibs[:sibs.index(node)]):
+                cand = sib if sib in self._rows else last_explorable(sib)
+                if cand is not None:
+                    yield cand
 
     @_lru(1)
     def _traced_inputs(self) -> dict[str, str | None]:
@@ -318,9 +345,12 @@ class Explorer:
                         found[name] = owner
             return hook
 
+        alive: list[torch.Tensor] = []  # keep outputs alive: a freed tensor's id/memory may be reused
+
         def post(name):
             def hook(_m, _args, out):
                 if isinstance(out, torch.Tensor):
+                    alive.append(out)
                     produced[id(out)] = name
                     produced[out.untyped_storage().data_ptr()] = name
             return hook
@@ -342,6 +372,7 @@ class Explorer:
                 except Exception:  # noqa: BLE001 - too small for this model: retry at its own size
                     produced.clear()
                     found.clear()
+                    alive.clear()
         except Exception:  # noqa: BLE001 - tracing is best effort; the fallback search is exact
             pass
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..errors import WeightvizError
 from . import _png
 from . import paths as P
 from .data import Explorer, Source
@@ -113,10 +114,16 @@ def unit_data(ex: Explorer, layer: str, unit: int, sources: Sequence[Source] | N
     source (default :meth:`Explorer.sources`), and the outputs panel (next explored layer)."""
     unit = ex.check_unit(layer, unit)
     sources = list(sources) if sources is not None else ex.sources(layer)
-    data: dict[str, Any] = {"layer": layer, "unit": unit, "sources": [], "outputs": None}
+    data: dict[str, Any] = {"layer": layer, "unit": unit, "sources": [], "outputs": None, "outputs_error": None}
     for s in sources:
-        data["sources"].append(source_data(ex, layer, unit, s))
-    top = ex.top_outputs(layer, unit)
+        try:
+            data["sources"].append(source_data(ex, layer, unit, s))
+        except WeightvizError as e:  # e.g. an op on the way that cannot be linearized: say so in its panel
+            data["sources"].append({"src": s.layer, "label": s.label, "error": str(e)})
+    try:
+        top = ex.top_outputs(layer, unit)
+    except WeightvizError as e:
+        top, data["outputs_error"] = None, str(e)
     if top is not None:
         nxt, W, items = top
         data["outputs"] = {
@@ -195,6 +202,9 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
     sources = []
     for s in data["sources"]:
         src = s["src"]
+        if s.get("error"):
+            sources.append({**s, "layer_label": src or "the model input"})
+            continue
         items = []
         for c in s["items"]:
             item = _conn(c, here, linker, s["c_in"])
@@ -227,7 +237,8 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
                   "href": P.layer_path(layer)},
         "unit": unit,
         "fv": P.fv_path(layer, unit),
-        "nmf": P.nmf_path(layer, primary, unit),
+        "nmf": P.nmf_path(layer, primary, unit) if any(
+            s["src"] == primary and not s.get("error") for s in data["sources"]) else None,
         "nmf_label": f"from {primary or 'the input'}",
         "self_href": here,
         "prev_href": P.unit_path(layer, unit - 1) if unit > 0 and linker(layer, unit - 1) else None,
@@ -237,7 +248,8 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
         "chosen": chosen,
         "no_inputs": "No inputs to show.",
         "outputs": outputs,
-        "no_outputs": ("This is the last explored layer; explore a later layer to see where its units lead."
+        "no_outputs": (f"Cannot compute the outputs: {data['outputs_error']}" if data.get("outputs_error") else
+                       "This is the last explored layer; explore a later layer to see where its units lead."
                        if mode == "static" else "This is the last explored layer."),
     }
     return environment().get_template("unit.html").render(ctx)
@@ -251,8 +263,9 @@ def _source_label(ex: Explorer, layer: str) -> str:
     return f"from {src} ({'direct' if src == pred else 'expanded'})"
 
 
-def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str) -> str:
-    """The layer page: FV and NMF image of each unit in ``units``."""
+def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str, nmf: bool = True) -> str:
+    """The layer page: FV and NMF image of each unit in ``units`` (``nmf=False``: the weights from the
+    primary source could not be computed, show FVs only)."""
     here = P.layer_path(layer)
     info = ex.info(layer)
     src = ex.primary_source(layer)
@@ -261,7 +274,7 @@ def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str) -> str
         "layer": {"name": layer, "type": info.type, "channels": ex.channels(layer), "out_shape": _shape(info),
                   "source_label": _source_label(ex, layer)},
         "units": [{"unit": u, "href": P.unit_path(layer, u), "fv": P.fv_path(layer, u),
-                   "nmf": P.nmf_path(layer, src, u)} for u in units],
+                   "nmf": P.nmf_path(layer, src, u) if nmf else None} for u in units],
     }
     return environment().get_template("layer.html").render(ctx)
 

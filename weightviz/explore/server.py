@@ -226,7 +226,12 @@ class ExplorerApp:
         layer = self._layer(r.layer)
         if r.kind == "layer":
             units = ex.units.get(layer) or list(range(ex.channels(layer)))
-            return pages.layer_html(ex, layer, units, "server").encode(), html
+            try:
+                ex.weights_from(ex.primary_source(layer), layer)
+                nmf_ok = True
+            except WeightvizError:
+                nmf_ok = False
+            return pages.layer_html(ex, layer, units, "server", nmf=nmf_ok).encode(), html
         unit = self._unit(layer, r.unit)
         if r.kind == "unit":
             return self._unit_page(layer, unit, query).encode(), html

@@ -255,7 +255,7 @@ def _render_jobs(ex: Explorer, data: dict[str, dict], salt: str) -> list[Job]:
         need.setdefault(layer, set()).update(int(u) for u in d["units"])
         for u, ud in d["units"].items():
             for s in ud["sources"]:
-                if s["src"] is not None:
+                if s["src"] is not None and not s.get("error"):
                     need.setdefault(s["src"], set()).update(c["unit"] for c in s["items"])
                     for f in s["factors"]:
                         need[s["src"]].update(c["unit"] for c in f["items"])
@@ -267,11 +267,10 @@ def _render_jobs(ex: Explorer, data: dict[str, dict], salt: str) -> list[Job]:
     jobs = []
     for layer in sorted(need, key=lambda n: ex._order[n]):
         units = sorted(need[layer])
-        # fixed blocks of unit numbers, so adding units later only re-runs the blocks that changed
-        blocks: dict[int, list[int]] = {}
-        for u in units:
-            blocks.setdefault(u // cfg.batch, []).append(u)
-        for _, us in sorted(blocks.items()):
+        # full batches of the units needed (a changed set re-runs some batches; their renders that were
+        # already made come from the render cache)
+        for start in range(0, len(units), cfg.batch):
+            us = units[start:start + cfg.batch]
             jobs.append(Job("render", {"what": "units", "layer": layer, "units": us, **fv},
                             tuple(P.fv_path(layer, u) for u in us), salt))
     for (layer, src), items in factor_need.items():
@@ -313,6 +312,8 @@ def _run_weights(ex: Explorer, root: Path, inp: dict) -> int:
         units_data[str(u)] = d
         for s in d["sources"]:
             src = s["src"]
+            if s.get("error"):
+                continue
             _write_bytes(root / P.nmf_path(layer, src, u), pages.nmf_png(ex, layer, src, u))
             for c in s["items"]:
                 _write_bytes(root / P.heatmap_path(layer, src, u, c["unit"]),
@@ -362,7 +363,9 @@ def _run_page(ex: Explorer, root: Path, inp: dict) -> int:
         return 1
     layer = inp["layer"]
     data = _load_data(root, layer)
-    _write_bytes(root / P.layer_path(layer), pages.layer_html(ex, layer, inp["units"], "static").encode())
+    primary = ex.primary_source(layer)
+    nmf_ok = all(not s.get("error") for d in data["units"].values() for s in d["sources"] if s["src"] == primary)
+    _write_bytes(root / P.layer_path(layer), pages.layer_html(ex, layer, inp["units"], "static", nmf=nmf_ok).encode())
     for u in inp["units"]:
         html = pages.unit_html(ex, data["units"][str(u)], "static", linker)
         _write_bytes(root / P.unit_path(layer, u), html.encode())
