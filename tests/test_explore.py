@@ -171,6 +171,17 @@ def test_predecessors_and_sources(ex):
     assert ex.next_layer("conv2") == "conv3" and ex.next_layer("conv3") is None
 
 
+def test_predecessors_across_pooling_and_branches(googlenet, resnet18):
+    # inception4a's input is maxpool3(inception3b): not inception3a, whose freed output memory the pool reuses
+    gex = Explorer(googlenet, "inception3b,inception4a", None, config=FAST, render_cache=None)
+    assert gex.predecessor("inception4a") == "inception3b"
+    assert gex.predecessor("inception3a.branch2.1") == "inception3a.branch2.0"  # inside a branch
+    assert gex.predecessor("inception3a.branch2.0") == "conv3"  # a branch starts at the block's input
+    rex = Explorer(resnet18, "layer2.0,layer3.0", None, config=FAST, render_cache=None)
+    assert rex.predecessor("layer2.0") == "layer1.1"
+    assert rex.predecessor("layer3.0.downsample.0") == "layer2.1"  # the skip path's conv
+
+
 # --------------------------------------------------------------------------- data vs. references
 def test_unit_data_matches_independent_computations(tiny, ex):
     from weightviz.explore import pages
