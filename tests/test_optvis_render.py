@@ -313,3 +313,16 @@ def test_callback_sees_every_step_and_may_run_the_model(tiny):
     assert seen[0][1] == (2, 3, 32, 32) and seen[0][2] == [0, 2] and seen[-1][2] == [1]
     assert seen[5][3][0] == pytest.approx(float(r.values[0]), abs=1e-5)
     assert _hooks(tiny) == 0
+
+
+def test_torchvision_googlenet_functional_inplace_relu(googlenet):
+    # BasicConv2d returns F.relu(bn(conv(x)), inplace=True): conv1.bn's output is overwritten in place
+    m = googlenet
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        true = m.conv1.bn(m.conv1.conv(m._transform_input(x)))
+        got = activations(m, x, ["conv1.bn", "conv2"])["conv1.bn"]
+    assert (true < 0).any()
+    torch.testing.assert_close(got, true)
+    r = wv.render(m, [obj.channel("inception3a", 5), obj.neuron("conv2.conv", 1)], size=48, steps=3, progress=False)
+    assert r.images.shape == (2, 3, 48, 48) and _hooks(m) == 0
