@@ -58,7 +58,7 @@ _EXPORTS: dict[str, str] = {
     "scan_banding": "metrics",
     "long_tail": "metrics",
 }
-_SUBMODULES = {"objectives": "optvis.objectives", "figures": "figures", "optvis": "optvis"}
+_SUBMODULES = {"objectives": "optvis.objectives", "figures": "figures", "optvis": "optvis", "explore": "explore"}
 
 __all__ = ["WeightvizError", "__version__", *_EXPORTS, *_SUBMODULES]
 
