@@ -33,7 +33,7 @@ def explore_cmd(
                                 "expanded from (besides the layer feeding it directly)."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
-    cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders)."),
+    cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders or ~/.cache/weightviz/renders)."),
 ) -> None:
     """Write a static explorer site: index of layers, a page per layer (FV + NMF image of every unit) and
     per unit (top inputs direct and expanded, top outputs, weight factors, banding), all linked.
@@ -88,7 +88,7 @@ def serve_cmd(
     sources: int = typer.Option(1, "--sources", help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
-    db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite)."),
+    db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
 ) -> None:
     """Serve the explorer live: pages computed on demand and cached in SQLite (keyed by the model's

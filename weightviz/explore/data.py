@@ -105,6 +105,11 @@ def _is_ancestor(a: str, b: str) -> bool:
     return b.startswith(a + ".")
 
 
+def _related(a: str, b: str) -> bool:
+    """True if one of the two modules contains the other (their outputs are not a source/target pair)."""
+    return _is_ancestor(a, b) or _is_ancestor(b, a)
+
+
 def default_layers(model: nn.Module, limit: int = 8) -> list[str]:
     """The layers explored when none are given: the outermost blocks (e.g. timm ``blocks.2.0``,
     torchvision ``layer2.0``, ``inception3a``), or the conv layers of a model without blocks; if more
@@ -270,7 +275,7 @@ class Explorer:
     def next_layer(self, layer: str) -> str | None:
         """The next explored layer after ``layer`` (whose units the outputs panel shows)."""
         pos = self._order[self.info(layer).name]
-        later = [n for n in self.layers if self._order[n] > pos]
+        later = [n for n in self.layers if self._order[n] > pos and not _related(n, layer)]
         return later[0] if later else None
 
     @_lru(4096)
@@ -388,7 +393,7 @@ class Explorer:
         pred = self.predecessor(layer)
         out = [Source(pred, f"direct: {pred or 'model input'}", "direct")]
         pos = self._order[layer]
-        earlier = [n for n in self.layers if self._order[n] < pos and n != pred]
+        earlier = [n for n in self.layers if self._order[n] < pos and n != pred and not _related(n, layer)]
         for n in reversed(earlier[-self.config.sources:] if self.config.sources else []):
             out.append(Source(n, f"expanded from {n}", "expanded"))
         return out
@@ -405,14 +410,14 @@ class Explorer:
         kind = self.info(layer).kind
         pos = self._order[layer]
         earlier = [n for n, r in self._rows.items() if self._order[n] < pos and r.kind == kind
-                   and not _is_ancestor(n, layer)]
+                   and not _related(n, layer)]
         return list(reversed(earlier))[:limit]
 
     def source_for(self, layer: str, src: str | None) -> Source:
         """A :class:`Source` for an arbitrary earlier layer (or the input)."""
         if src is not None:
             self.info(src)
-            if self._order[src] >= self._order[layer] or _is_ancestor(src, layer):
+            if self._order[src] >= self._order[layer] or _related(src, layer):
                 raise WeightvizError(f"source {src!r} does not come before {layer!r}; choose an earlier layer")
         pred = self.predecessor(layer)
         if src == pred:

@@ -265,7 +265,8 @@ class ExplorerApp:
         raise NotFound("No such page.")
 
     def _check_source(self, layer: str, src: str | None) -> None:
-        if src is not None and not (self.ex._order[src] < self.ex._order[layer] and not src.startswith(layer + ".")):
+        if src is not None and not (self.ex._order[src] < self.ex._order[layer] and not src.startswith(layer + ".")
+                                    and not layer.startswith(src + ".")):
             raise NotFound(f"{src!r} does not come before {layer!r}, so it is not a source of its weights.")
 
     def _png(self, parts: tuple, compute) -> bytes:
