@@ -180,6 +180,12 @@ def test_predecessors_across_pooling_and_branches(googlenet, resnet18):
     rex = Explorer(resnet18, "layer2.0,layer3.0", None, config=FAST, render_cache=None)
     assert rex.predecessor("layer2.0") == "layer1.1"
     assert rex.predecessor("layer3.0.downsample.0") == "layer2.1"  # the skip path's conv
+    # a block and a layer inside it: neither is the other's source or next layer
+    nested = Explorer(resnet18, "layer1.1,layer2.0,layer2.0.conv2", None, config=FAST, render_cache=None)
+    assert [s.layer for s in nested.sources("layer2.0.conv2")] == ["layer2.0.conv1", "layer1.1"]
+    assert nested.next_layer("layer2.0") is None and nested.next_layer("layer1.1") == "layer2.0"
+    with pytest.raises(WeightvizError, match="does not come before"):
+        nested.source_for("layer2.0.conv2", "layer2.0")
 
 
 # --------------------------------------------------------------------------- data vs. references
