@@ -203,7 +203,9 @@ class Explorer:
         self.layers = self._resolve_layers(layers)
         self._units_spec = units
         self.units = {layer: self._select_units(layer, units) for layer in self.layers}
-        self.render_cache = _render_cache(render_cache)
+        from ..optvis.render import _resolve_cache
+
+        self.render_cache = _resolve_cache(render_cache)
         self.compute_lock = threading.RLock()
         self._memo: dict[str, OrderedDict] = {}
         self._memo_lock = threading.Lock()
@@ -562,18 +564,6 @@ def rank_slices(w: torch.Tensor, k: int) -> list:
     sums = flat.sum(1)
     order = torch.argsort(norms, descending=True)[:k]
     return [Connection(int(c), float(norms[c]), int(torch.sign(sums[c]).item()), w[c].clone()) for c in order]
-
-
-def _render_cache(cache):
-    from ..optvis.cache import RenderCache
-
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        return RenderCache()
-    if isinstance(cache, RenderCache):
-        return cache
-    return RenderCache(cache)
 
 
 Linker = Callable[[str, int], "str | None"]
