@@ -143,7 +143,7 @@ def _check_int(v, name: str, lo: int) -> int:
 
 
 @contextlib.contextmanager
-def _few_threads(work: int, per_thread: int = 1 << 20):
+def _few_threads(work: int, per_thread: int = 1 << 18):
     """Run small problems single-threaded: HALS does many tiny ops, where waking intra-op threads costs
     more than it saves (and on busy machines spinning threads slow everything down by 10x)."""
     before = torch.get_num_threads()
@@ -223,47 +223,83 @@ def _hals(X: torch.Tensor, A: torch.Tensor, H: torch.Tensor, iters: int, tol: fl
     then form ``X H^T``, ``H H^T`` and update the columns of ``A``. Every 5 iterations, matrices whose
     error improved by at most the fraction ``tol`` are frozen and dropped from the batch.
 
+    All products are written into buffers allocated once per batch (:class:`_HalsBatch`), so an
+    iteration is ~25 tensor ops on fixed views: small problems are bound by per-op overhead.
     (Several inner sweeps per product, as in "accelerated HALS", were slower here: the sweeps over
     ``[B, N]`` rows cost as much as the products on CPU.)"""
-    A, H = A.clone(), H.clone()
-    r = A.shape[-1]
-    tiny = torch.finfo(X.dtype).tiny
     idx = torch.arange(X.shape[0], device=X.device)
-    Xa, Aa, Ha = X, A, H  # the active matrices (aliases of the full tensors until the first freeze)
-    Xta = X.mT.contiguous()  # H @ X^T with X^T stored contiguous is ~2x faster than X @ H^T on CPU
-    x2 = (X * X).sum(dim=(1, 2))
+    b = _HalsBatch(X.contiguous(), A.clone(), H.clone())
+    A, H = A.clone(), H.clone()  # the results; frozen matrices are copied here
     prev = None
     for it in range(iters):
-        AtA = Aa.mT @ Aa  # [b, r, r]
-        AtX = Aa.mT @ Xa  # [b, r, N]
-        d = AtA.diagonal(dim1=1, dim2=2).clamp(min=tiny)[..., None]  # [b, r, 1]
-        for k in range(r):
-            g = torch.baddbmm(AtX[:, k:k + 1], AtA[:, k:k + 1], Ha, alpha=-1)  # [b, 1, N]
-            Ha[:, k:k + 1].addcdiv_(g, d[:, k:k + 1]).clamp_(min=_FLOOR)
-        HHt = Ha @ Ha.mT  # [b, r, r]
-        XHt = (Ha @ Xta).mT  # [b, M, r]
-        d = HHt.diagonal(dim1=1, dim2=2).clamp(min=tiny)[:, None, :]  # [b, 1, r]
-        for k in range(r):
-            g = torch.baddbmm(XHt[..., k:k + 1], Aa, HHt[:, :, k:k + 1], alpha=-1)  # [b, M, 1]
-            Aa[..., k:k + 1].addcdiv_(g, d[..., k:k + 1]).clamp_(min=_FLOOR)
+        b.sweep()
         if tol > 0 and (it + 1) % 5 == 0:
-            # ‖X - AH‖² = ‖X‖² - 2<A, X H^T> + <A^T A, H H^T>: no [b, M, N] product needed
-            AtA = Aa.mT @ Aa
-            err = (x2 - 2 * (Aa * XHt).sum(dim=(1, 2)) + (AtA * HHt).sum(dim=(1, 2))).clamp(min=0).sqrt()
+            err = b.error()
             if prev is not None:
                 done = prev - err <= tol * err  # improved by at most the fraction tol in 5 iterations
                 if bool(done.any()):
-                    if Aa is not A:
-                        A[idx], H[idx] = Aa, Ha
+                    A[idx], H[idx] = b.A, b.H
                     keep = ~done
-                    idx, Xa, Xta, Aa, Ha = idx[keep], Xa[keep], Xta[keep], Aa[keep], Ha[keep]
-                    x2, err = x2[keep], err[keep]
+                    idx, err = idx[keep], err[keep]
                     if idx.numel() == 0:
                         break
+                    b = _HalsBatch(b.X[keep], b.A[keep], b.H[keep], x2=b.x2[keep])
             prev = err
-    if Aa is not A and idx.numel():
-        A[idx], H[idx] = Aa, Ha
+    if idx.numel():
+        A[idx], H[idx] = b.A, b.H
     return A, H
+
+
+class _HalsBatch:
+    """The active matrices of :func:`_hals` (``X`` ``[b, M, N]`` contiguous, ``A`` ``[b, M, r]`` and ``H``
+    ``[b, r, N]`` updated in place) with preallocated product buffers and their per-component views."""
+
+    def __init__(self, X: torch.Tensor, A: torch.Tensor, H: torch.Tensor, x2: torch.Tensor | None = None):
+        self.X, self.A, self.H = X, A.contiguous(), H.contiguous()
+        # A^T @ X and H @ X^T both read a contiguous operand: batched GEMM's fast path (a transposed
+        # view, e.g. one_sided's output, made A^T @ X ~10x slower; X @ H^T is ~2x slower than H @ X^T)
+        self.Xt = X.mT.contiguous()
+        self.x2 = (X * X).sum(dim=(1, 2)) if x2 is None else x2
+        b, M, N = X.shape
+        r = A.shape[-1]
+        self.tiny = torch.finfo(X.dtype).tiny
+        new = X.new_empty
+        self.AtA, self.AtX, self.dH = new(b, r, r), new(b, r, N), new(b, r, 1)
+        self.HHt, self.HXt, self.dA = new(b, r, r), new(b, r, M), new(b, 1, r)
+        self.gH, self.gA = new(b, 1, N), new(b, M, 1)
+        self.At = self.A.mT
+        ks = range(r)
+        # per component k: (row of H, its gradient terms, 1/diag) and (column of A, ...)
+        self.h_views = [(self.H[:, k:k + 1], self.AtX[:, k:k + 1], self.AtA[:, k:k + 1], self.dH[:, k:k + 1])
+                        for k in ks]
+        self.a_views = [(self.A[..., k:k + 1], self.HXt[:, k:k + 1].mT, self.HHt[:, :, k:k + 1],
+                         self.dA[..., k:k + 1]) for k in ks]
+        self.dH_src = self.AtA.diagonal(dim1=1, dim2=2)[..., None]  # [b, r, 1]
+        self.dA_src = self.HHt.diagonal(dim1=1, dim2=2)[:, None, :]  # [b, 1, r]
+
+    def sweep(self) -> None:
+        """One HALS iteration: all rows of ``H``, then all columns of ``A`` (exact coordinate descent)."""
+        A, H, gH, gA, floor = self.A, self.H, self.gH, self.gA, _FLOOR
+        torch.bmm(self.At, A, out=self.AtA)
+        torch.bmm(self.At, self.X, out=self.AtX)
+        torch.clamp(self.dH_src, min=self.tiny, out=self.dH)
+        for h, atx, ata, d in self.h_views:
+            torch.baddbmm(atx, ata, H, alpha=-1, out=gH)
+            h.addcdiv_(gH, d).clamp_(min=floor)
+        torch.bmm(H, H.mT, out=self.HHt)
+        torch.bmm(H, self.Xt, out=self.HXt)
+        torch.clamp(self.dA_src, min=self.tiny, out=self.dA)
+        for a, xht, hht, d in self.a_views:
+            torch.baddbmm(xht, A, hht, alpha=-1, out=gA)
+            a.addcdiv_(gA, d).clamp_(min=floor)
+
+    def error(self) -> torch.Tensor:
+        """``‖X - AH‖_F`` per matrix ``[b]`` from the buffers of the last sweep (``X H^T`` and ``H H^T``
+        are current): ``‖X‖² - 2<A, X H^T> + <A^T A, H H^T>``, no ``[b, M, N]`` product."""
+        A = self.A
+        AtA = self.At @ A
+        inner = (A * self.HXt.mT).sum(dim=(1, 2))
+        return (self.x2 - 2 * inner + (AtA * self.HHt).sum(dim=(1, 2))).clamp(min=0).sqrt()
 
 
 def _normalize(A: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
