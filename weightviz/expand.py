@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _cone
 from .errors import WeightvizError
 from .linear import DEFAULT_GATE, linearized
 from .models import get_module, input_spec, parse_units, resolve, weights
@@ -77,6 +78,8 @@ class ReceptiveField:
     src_shape: tuple[int, ...]
     dst_shape: tuple[int, ...]
     truncated: bool = False
+    #: per conv on the way, the box of output positions that reach the target (see weightviz._cone)
+    cones: tuple = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -165,12 +168,14 @@ def _forward(
     producers: dict | None = None,
     z: torch.Tensor | None = None,
     dm: dict[str, torch.Tensor] | None = None,
+    cones: list | None = None,
 ) -> _Trace:
     """One linearized forward on a zero image ``[1, C, size, size]`` with ``src``'s output replaced by
     ``z`` (default: a zero leaf that requires grad; under ``torch.func.vjp`` the transform's input); stops
     after ``dst``. ``capture`` records the first output of those layers after ``src`` (``dm[name]`` is
     added to it, to take gradients w.r.t. it). ``producers`` (a dict to fill) turns on module-stack and
-    producer tracking for route labels."""
+    producer tracking for route labels. ``cones``: structural mode records the conv cones into it (a
+    :class:`weightviz._cone.ConeRecord`); value mode restricts each conv's backward to them."""
     device, dtype = _device_dtype(model)
     x = torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
     zdtype = torch.float64 if structural else None
@@ -262,7 +267,7 @@ def _forward(
         merge_fn = None if merge is None else (lambda op, operands: merge(op, operands, trace, stack, producers))
         with torch.inference_mode(False), torch.enable_grad(), linearized(
             model, gate=gate, track_inputs=False, source=where, require_grad=True, merge=merge_fn,
-            structural=structural,
+            structural=structural, cones=cones,
         ) as lin:
             trace.lin = lin
             if src is None:
@@ -313,6 +318,9 @@ class _Pullback:
 
     def __init__(self, model, src, dst, rf, gate, units, *, merge=None, producers=None, mid=None,
                  mid_shape=None, mid_pos=None):
+        # cone-restricted conv backward: exact for cotangents at the target (and any subset of its routes);
+        # not for via=, whose cotangents also start at the mid layer
+        cones = list(rf.cones) if rf.cones and mid is None else None
         device, dtype = _device_dtype(model)
         primals = [torch.zeros(1, *rf.src_shape, device=device, dtype=dtype)]
         if mid is not None:
@@ -322,7 +330,7 @@ class _Pullback:
         def f(*ins):
             trace = _forward(model, src, dst, rf.input_size, gate=gate, merge=merge, producers=producers,
                              z=ins[0], capture=[mid] if mid is not None else (),
-                             dm={mid: ins[1]} if mid is not None else None)
+                             dm={mid: ins[1]} if mid is not None else None, cones=cones)
             self.trace = trace
             if trace.dst_out is None:       # stopped at an undecided route split (paths)
                 return (ins[0].sum() * 0,)
@@ -391,7 +399,8 @@ _RF_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionar
 
 def _probe(model, src, dst, size, target=None) -> ReceptiveField:
     """Structural field of ``dst[target]`` over ``src`` at input ``size`` (see :func:`receptive_field`)."""
-    trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, structural=True)
+    record = _cone.ConeRecord()
+    trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, structural=True, cones=record)
     out, z = trace.dst_out, trace.z
     dst_shape = tuple(out.shape[1:])
     src_shape = tuple(z.shape[1:])
@@ -408,24 +417,30 @@ def _probe(model, src, dst, size, target=None) -> ReceptiveField:
         ys = [out[0].sum()]
     else:
         raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)}")
-    g = [torch.autograd.grad(y, z, retain_graph=True)[0] for y in ys]     # each like z: [1, C, H, W]
+    g = []
+    for y in ys:   # each like z: [1, C, H, W]; the first backward also records the conv cones
+        g.append(torch.autograd.grad(y, z, retain_graph=True)[0])
+        record.active = False
+    cones = tuple(record)
     if z.dim() == 2:
         if not (g[0] != 0).any():
             raise WeightvizError(f"layer {dst!r} does not depend on {src!r}")
-        return ReceptiveField((1, 1), (1, 1) if len(ys) > 1 else None, (0, 0), t, size, src_shape, dst_shape)
+        return ReceptiveField((1, 1), (1, 1) if len(ys) > 1 else None, (0, 0), t, size, src_shape, dst_shape,
+                              cones=cones)
     boxes = []
     for k in range(len(ys)):
         mask = g[k][0].abs().sum(0) > 0
         rows = torch.nonzero(mask.any(1)).flatten()
         cols = torch.nonzero(mask.any(0)).flatten()
         if rows.numel() == 0:   # the target reads only padding at this input size
-            return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True)
+            return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True, cones=cones)
         boxes.append((int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
     r0, r1, c0, c1 = boxes[0]
     hs, ws = z.shape[-2:]
     touching = r0 == 0 or c0 == 0 or r1 == hs - 1 or c1 == ws - 1
     stride = (boxes[1][0] - r0, boxes[1][2] - c0) if len(boxes) > 1 else None
-    return ReceptiveField((r1 - r0 + 1, c1 - c0 + 1), stride, (r0, c0), t, size, src_shape, dst_shape, touching)
+    return ReceptiveField((r1 - r0 + 1, c1 - c0 + 1), stride, (r0, c0), t, size, src_shape, dst_shape, touching,
+                          cones=cones)
 
 
 def _structure_stamp(model: nn.Module) -> int:
@@ -657,11 +672,36 @@ def _paths(model, src, dst, units, rf, gate) -> dict[str, torch.Tensor]:
                                      "layers closer together for paths=True")
             pending.extend(choices + [j] for j in reversed(range(state["new"])))
             continue
-        label = " > ".join(state["labels"]) or "direct"
+        on = _on_route(model, src, dst, rf, gate, choices)
+        if any(c != 0 and not o for c, o in zip(choices, on)):
+            continue  # the same route as with choice 0 at a merge it does not pass (counted there)
+        label = " > ".join(lab for lab, o in zip(state["labels"], on) if o) or "direct"
         while label in results:
             label += "'"
         results[label] = _collect(pb, 0, rf).detach()
     return results
+
+
+def _on_route(model, src, dst, rf, gate, choices: list[int]) -> list[bool]:
+    """For a complete choice of operands at every merge, which merges the route passes: those whose kept
+    operand ``dst``'s target depends on (a merge can lie on another branch only, e.g. a residual add
+    inside one input of a later concatenation; choosing its operands then changes nothing)."""
+    kept: list[torch.Tensor] = []
+    state = {"k": 0}
+
+    def merge(op, operands, trace, stack, producers):
+        idx = [j for j, t in enumerate(operands) if trace.lin.is_tracked(t)]
+        j = idx[choices[state["k"]]]
+        state["k"] += 1
+        kept.append(operands[j])
+        return j
+
+    trace = _forward(model, src, dst, rf.input_size, gate=gate, merge=merge, producers={})
+    rows = _target_rows(trace.dst_out, rf.target)
+    gen = torch.Generator(device=rows.device).manual_seed(0)
+    y = (rows * torch.randn(rows.shape, generator=gen, device=rows.device, dtype=rows.dtype)).sum()
+    grads = torch.autograd.grad(y, kept, allow_unused=True) if kept else ()
+    return [g is not None and bool(g.ne(0).any()) for g in grads]
 
 
 # --------------------------------------------------------------------------------------------- via

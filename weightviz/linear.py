@@ -47,6 +47,7 @@ torch.Size([1, 1000])
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import _cone
 from .errors import WeightvizError
 
 __all__ = ["DEFAULT_GATE", "Linearizer", "linearized"]
@@ -190,13 +192,18 @@ class Linearizer(TorchFunctionMode):
     """
 
     def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
-                 require_grad: bool = False, merge: Merge | None = None, structural: bool = False):
+                 require_grad: bool = False, merge: Merge | None = None, structural: bool = False,
+                 cones: list | None = None):
         super().__init__()
         self.gate = float(gate)
         self.source = source
         self.require_grad = require_grad
         self.merge = merge
         self.structural = structural
+        # conv cones (weightviz._cone): structural mode appends one ConeEntry per conv2d on a tracked tensor
+        # and fills its box from the backward; value mode reads them in the same call order
+        self.cones = cones
+        self._conv_calls = 0
         self._tracked: dict[int, torch.Tensor] = {}
 
     # -- tracking ---------------------------------------------------------------------------------
@@ -254,7 +261,13 @@ class Linearizer(TorchFunctionMode):
             pos = torch.full(w.shape, 1.0 / fan, dtype=torch.float64, device=w.device)
             rest = list(args[3:])
             kw = {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
-            return self._run(func, (x, pos, None, *rest), kw)
+            out = self._run(func, (x, pos, None, *rest), kw)
+            if name == "conv2d" and self.cones is not None:  # one entry per call, in call order
+                entry = _cone.ConeEntry(tuple(x.shape[-2:]) if x.dim() == 4 else None, tuple(w.shape))
+                self.cones.append(entry)
+                if x.dim() == 4 and out.requires_grad:
+                    out.register_hook(functools.partial(_cone.record_box, self.cones, entry))
+            return out
         args, kwargs = _to_f64(self, args, positive=name in _MULTILINEAR), _to_f64(self, kwargs,
                                                                                    positive=name in _MULTILINEAR)
         if name in _ADD_BINARY and len(tracked) > 1:
@@ -326,7 +339,10 @@ class Linearizer(TorchFunctionMode):
             if name == "batch_norm" and func is F.batch_norm:
                 return self._affine_batch_norm(args, kwargs)
             if name == "conv2d":
-                out = self._pointwise_conv(args, kwargs)
+                box = self._cone_box(x, _arg(args, kwargs, 1, "weight"))
+                out = self._pointwise_conv(args, kwargs, box)
+                if out is None and box is not None:
+                    out = self._cone_conv(args, kwargs, box)
                 if out is not None:
                     return out
             return self._run(func, args, kwargs)
@@ -366,9 +382,37 @@ class Linearizer(TorchFunctionMode):
         self.track(out)
         return out
 
-    def _pointwise_conv(self, args, kwargs):
+    def _cone_box(self, x, w) -> _cone.Box | None:
+        """The recorded cone box of this conv2d call (value mode with ``cones``), or ``None``. If the call
+        does not match the recorded one (input size or weight shape), cones are off for the rest."""
+        if self.cones is None or self.structural:
+            return None
+        i = self._conv_calls
+        self._conv_calls += 1
+        entry = self.cones[i] if i < len(self.cones) else None
+        if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor) or x.dim() != 4:
+            return None
+        if entry is None or entry.in_hw != tuple(x.shape[-2:]) or entry.w_shape != tuple(w.shape):
+            self.cones = None
+            return None
+        return entry.box if entry.box is not None else (0, 1, 0, 1)  # zero cotangent: any box is exact
+
+    def _cone_conv(self, args, kwargs, box):
+        """A conv2d whose backward only covers the cone ``box`` of its output (:class:`_cone.ConeConv2d`)."""
+        x, w = args[0], _arg(args, kwargs, 1, "weight")
+        geom = _cone.conv_geometry(w, _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0),
+                                   _arg(args, kwargs, 5, "dilation", 1))
+        if geom is None:
+            return None
+        out = _cone.ConeConv2d.apply(x, w, _arg(args, kwargs, 2, "bias"), *geom, _arg(args, kwargs, 6, "groups", 1),
+                                     box)
+        self.track(out)
+        return out
+
+    def _pointwise_conv(self, args, kwargs, box=None):
         """A 1x1, stride-1, ungrouped, unpadded conv as an einsum (same map; its batched backward is a
-        batched matrix product, several times faster on CPU than vmapped ``convolution_backward``)."""
+        batched matrix product, several times faster on CPU than vmapped ``convolution_backward``); with
+        a cone ``box``, the backward covers only that box."""
         x, w = args[0], _arg(args, kwargs, 1, "weight")
         b = _arg(args, kwargs, 2, "bias")
         stride, padding = _arg(args, kwargs, 3, "stride", 1), _arg(args, kwargs, 4, "padding", 0)
@@ -377,7 +421,10 @@ class Linearizer(TorchFunctionMode):
                 or x.dim() != 4 or stride not in (1, (1, 1), [1, 1])
                 or padding not in (0, (0, 0), [0, 0], "valid", "same")):
             return None
-        out = torch.einsum("oi,bihw->bohw", w[:, :, 0, 0], x)
+        if box is None:
+            out = torch.einsum("oi,bihw->bohw", w[:, :, 0, 0], x)
+        else:
+            out = _cone.ConePointwise.apply(x, w[:, :, 0, 0], box)
         if b is not None:
             out = out + b[:, None, None]
         self.track(out)
@@ -467,6 +514,7 @@ def linearized(
     require_grad: bool = False,
     merge: Merge | None = None,
     structural: bool = False,
+    cones: list | None = None,
 ) -> Iterator[Linearizer]:
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
@@ -490,7 +538,7 @@ def linearized(
     if not isinstance(model, nn.Module):
         raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
     mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
-                      structural=structural)
+                      structural=structural, cones=cones)
     flags = [(m, m.training) for m in model.modules()]
     handle = None
     if track_inputs:
