@@ -16,7 +16,6 @@ torch.Size([16, 5, 5, 3])
 from __future__ import annotations
 
 import colorsys
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -84,7 +83,7 @@ def nmf(
     if B * M * N == 0:
         return (X.new_zeros(M, rank), X.new_zeros(rank, N)) if unbatched else \
             (X.new_zeros(B, M, rank), X.new_zeros(B, rank, N))
-    with torch.no_grad(), _few_threads(B * M * N * restarts):
+    with torch.no_grad():
         # fit each matrix scaled to max 1 (scale-free, well-conditioned in float32)
         scale = X.amax(dim=(1, 2), keepdim=True)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -140,22 +139,6 @@ def _check_int(v, name: str, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise WeightvizError(f"{name} must be an integer >= {lo}, got {v!r}")
     return v
-
-
-@contextlib.contextmanager
-def _few_threads(work: int, per_thread: int = 1 << 18):
-    """Run small problems single-threaded: HALS does many tiny ops, where waking intra-op threads costs
-    more than it saves (and on busy machines spinning threads slow everything down by 10x)."""
-    before = torch.get_num_threads()
-    want = max(1, min(before, work // per_thread))
-    if want == before:
-        yield
-        return
-    torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _init(X: torch.Tensor, rank: int, init: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
