@@ -179,7 +179,6 @@ def _forward(
     device, dtype = _device_dtype(model)
     x = torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
     zdtype = torch.float64 if structural else None
-    modules = dict(model.named_modules())
     trace = _Trace()
     handles = []
     where = f"layer {src!r}" if src else "the model input"
@@ -255,12 +254,12 @@ def _forward(
 
     try:
         if src is not None:
-            handles.append(modules[src].register_forward_hook(src_hook))
+            handles.append(get_module(model, src).register_forward_hook(src_hook))
         for name in capture:
-            handles.append(modules[name].register_forward_hook(capture_hook(name)))
-        handles.append(modules[dst].register_forward_hook(dst_hook))
+            handles.append(get_module(model, name).register_forward_hook(capture_hook(name)))
+        handles.append(get_module(model, dst).register_forward_hook(dst_hook))
         if producers is not None:
-            for name, m in modules.items():
+            for name, m in model.named_modules():
                 if name:
                     handles.append(m.register_forward_pre_hook(pre(name)))
                     handles.append(m.register_forward_hook(post(name)))

@@ -547,12 +547,14 @@ def linearized(
 
         handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
-        model.eval()
+        if any(flag for _, flag in flags):  # (setting flags on every module costs ~2 ms on lite0)
+            model.eval()
         with mode:
             yield mode
     finally:
         if handle is not None:
             handle.remove()
         for m, flag in flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         mode.clear()

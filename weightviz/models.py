@@ -428,6 +428,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     :class:`WeightvizError` suggesting the closest names."""
     if not isinstance(name, str):
         raise WeightvizError(f"layer name must be a string, got {type(name).__name__}")
+    if name:
+        try:  # fast path (no walk over all modules); names are those of named_modules()
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
