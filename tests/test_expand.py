@@ -237,6 +237,26 @@ def test_top_inputs_direct_and_expanded(resnet18, lite0):
     top = wv.top_inputs(lite0, "blocks.3.0", 4, src="blocks.2.0", k=3)
     assert [c.channel for c in top] == e.flatten(1).norm(dim=1).argsort(descending=True)[:3].tolist()
     assert top[0].weight.shape == e.shape[1:]
+    # the same ranking from weights already computed
+    ranked = wv.rank_connections(e, 3)
+    assert [(c.channel, c.norm, c.sign) for c in ranked] == [(c.channel, c.norm, c.sign) for c in top]
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(ranked, top))
+    assert len(wv.rank_connections(e)) == e.shape[0]
+
+
+def test_rank_connections_hand_computed_and_bad_input():
+    w = torch.zeros(4, 2, 2)
+    w[0] = 0.5                       # norm 1, excitatory
+    w[2, 0, 0], w[2, 1, 1] = -3, 1   # norm sqrt(10), sum -2: inhibitory
+    w[3, 0, 1] = 2                   # norm 2
+    got = wv.rank_connections(w, 3)
+    assert [(c.channel, c.sign) for c in got] == [(2, -1), (3, 1), (0, 1)]
+    assert got[0].norm == pytest.approx(10 ** 0.5)
+    assert torch.equal(got[1].weight, w[3])
+    with pytest.raises(WeightvizError, match=r"\[C_in, kh, kw\]"):
+        wv.rank_connections(torch.zeros(2, 3), 1)
+    with pytest.raises(WeightvizError, match="positive int"):
+        wv.rank_connections(w, 0)
 
 
 # ------------------------------------------------------------------------ model unchanged, bad input

@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     # expanded weights
     "expanded_weights": "expand",
     "top_inputs": "expand",
+    "rank_connections": "expand",
     "receptive_field": "expand",
     "Expanded": "expand",
     "Connection": "expand",

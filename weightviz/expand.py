@@ -50,7 +50,8 @@ from .errors import WeightvizError
 from .linear import DEFAULT_GATE, linearized
 from .models import get_module, input_spec, parse_units, resolve, weights
 
-__all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "receptive_field", "top_inputs"]
+__all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rank_connections", "receptive_field",
+           "top_inputs"]
 
 _MAX_SIZE = 1024        # largest input side tried when searching for an untruncated field
 _MAX_PATHS = 64         # per-path contributions: most routes enumerated
@@ -795,7 +796,27 @@ def top_inputs(
         w = w_all[u]
     else:
         w = expanded_weights(model, src, dst, units=[unit], gate=gate)[0]
-    norms = w.flatten(1).norm(dim=1)
-    order = torch.argsort(norms, descending=True)[:k]
-    sums = w.flatten(1).sum(1)
-    return [Connection(int(c), float(norms[c]), int(torch.sign(sums[c]).item()), w[c].clone()) for c in order]
+    return rank_connections(w, k)
+
+
+def rank_connections(w: torch.Tensor, k: int | None = None) -> list[Connection]:
+    """Rank the slices of one unit's (direct or expanded) weights ``w`` ``[C_in, kh, kw]`` by L2 norm,
+    descending, as :class:`Connection` (the ranking of :func:`top_inputs`, for weights already computed,
+    e.g. one row of a batched :func:`expanded_weights` call). ``k``: keep the first k (default all).
+
+    >>> import torch, weightviz as wv
+    >>> w = torch.zeros(3, 1, 1); w[1] = -2.0; w[2] = 1.0
+    >>> [(c.channel, c.sign) for c in wv.rank_connections(w, 2)]
+    [(1, -1), (2, 1)]
+    """
+    if not isinstance(w, torch.Tensor) or w.dim() != 3:
+        raise WeightvizError(f"rank_connections needs one unit's weights [C_in, kh, kw], got "
+                             f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise WeightvizError(f"k must be a positive int, got {k!r}")
+    flat = w.detach().flatten(1)
+    norms = flat.norm(dim=1)
+    sums = flat.sum(1)
+    order = torch.argsort(norms, descending=True, stable=True)[:k]
+    return [Connection(int(c), float(norms[c]), int(torch.sign(sums[c]).item()), w[c].detach().clone())
+            for c in order]

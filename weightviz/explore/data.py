@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightvizError, suggest
+from ..expand import rank_connections
 from ..models import LayerInfo, layers, model_hash, model_name, parse_units, resolve
 from .store import KeyLocks
 
@@ -487,17 +488,17 @@ class Explorer:
         call) instead of calling ``top_inputs`` per unit, which expands again for every unit: a layer of
         units costs one expansion, not one per unit."""
         W = self.weights_from(src, dst)
-        return rank_slices(W[unit], min(self.config.top_k, W.shape[1]))
+        return rank_connections(W[unit], min(self.config.top_k, W.shape[1]))
 
     def top_outputs(self, layer: str, unit: int) -> tuple[str, torch.Tensor, list] | None:
         """Units of the next explored layer that ``unit`` drives most: ``(next, W, connections)`` with
         ``W`` = expanded weights ``[C_next, C_layer, K, K]`` and the connections ranked by the L2 norm
-        of ``W[o, unit]`` (:func:`rank_slices` along the other axis; ``.channel`` is the unit ``o``)."""
+        of ``W[o, unit]`` (:func:`weightviz.rank_connections` along the other axis; ``.channel`` is the unit ``o``)."""
         nxt = self.next_layer(layer)
         if nxt is None:
             return None
         W = self.weights_from(layer, nxt)
-        return nxt, W, rank_slices(W[:, unit], min(self.config.top_k, W.shape[0]))
+        return nxt, W, rank_connections(W[:, unit], min(self.config.top_k, W.shape[0]))
 
     def factors(self, dst: str, unit: int, src: str | None) -> list[dict[str, Any]]:
         """Weight factors of ``unit`` (one-sided NMF of its weights from ``src``): per factor its
@@ -551,19 +552,6 @@ class Explorer:
             result = render(self.model, objectives, size=cfg.size, steps=cfg.steps, seed=cfg.seed,
                             batch=cfg.batch, progress=False, cache=self.render_cache)
         return result.images
-
-
-def rank_slices(w: torch.Tensor, k: int) -> list:
-    """Rank slices ``[C, kh, kw]`` by L2 norm (descending) and return the top ``k`` as
-    :class:`weightviz.expand.Connection` with the sign of each slice's sum — the ranking of
-    :func:`weightviz.top_inputs`, applied to weights already expanded."""
-    from ..expand import Connection
-
-    flat = w.flatten(1)
-    norms = flat.norm(dim=1)
-    sums = flat.sum(1)
-    order = torch.argsort(norms, descending=True)[:k]
-    return [Connection(int(c), float(norms[c]), int(torch.sign(sums[c]).item()), w[c].clone()) for c in order]
 
 
 Linker = Callable[[str, int], "str | None"]
