@@ -14,8 +14,10 @@ How it is computed (exact, not sampled):
    included, because it is measured, not derived).
 2. One linearized forward at that size, with ``src``'s output replaced by a zero tensor that requires
    grad (so only the ``src -> dst`` map is measured) and the forward stopped right after ``dst``.
-3. One batched backward for all requested units at once (``autograd.grad(..., is_grads_batched=True)``,
-   never one backward per unit), cropped to the field.
+3. Batched backwards for all requested units (``torch.func.vjp`` of that forward, ``torch.func.vmap`` over
+   one-hot cotangents in cache-sized chunks; never one backward per unit), cropped to the field. Every conv
+   on the way computes its input gradient only inside the *cone* of the target (the output positions that
+   reach it, measured by the same structural probe: :mod:`weightviz._cone`), not over the whole map.
 
 Index convention: ``E[u, c, i, j]`` is the weight from ``src`` channel ``c`` at position
 ``(r0 + i, c0 + j)`` to ``dst`` unit ``u`` at the target position, where ``(r0, c0)`` is the first
