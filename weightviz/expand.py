@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _cone
+from . import _compose, _cone
 from .errors import WeightvizError
 from .linear import DEFAULT_GATE, linearized
 from .models import get_module, input_spec, parse_units, resolve, weights
@@ -57,6 +57,7 @@ __all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rank
 
 _MAX_SIZE = 1024        # largest input side tried when searching for an untruncated field
 _MAX_PATHS = 64         # per-path contributions: most routes enumerated
+_COMPOSE = True         # compose recorded ops on cropped tensors when possible (else: autograd path)
 _GRAD_BUDGET = 16 * 2**20    # bytes of batched gradient buffers per chunk of units on a CPU (cache-sized)
 
 
@@ -149,6 +150,8 @@ class _Trace:
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
     act_numel: int = 0
     lin: object = None
+    src_node: int | None = None   # tape nodes (weightviz._compose) of src's output and dst's output
+    dst_node: int | None = None
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -172,13 +175,15 @@ def _forward(
     z: torch.Tensor | None = None,
     dm: dict[str, torch.Tensor] | None = None,
     cones: list | None = None,
+    tape: _compose.Tape | None = None,
 ) -> _Trace:
     """One linearized forward on a zero image ``[1, C, size, size]`` with ``src``'s output replaced by
     ``z`` (default: a zero leaf that requires grad; under ``torch.func.vjp`` the transform's input); stops
     after ``dst``. ``capture`` records the first output of those layers after ``src`` (``dm[name]`` is
     added to it, to take gradients w.r.t. it). ``producers`` (a dict to fill) turns on module-stack and
     producer tracking for route labels. ``cones``: structural mode records the conv cones into it (a
-    :class:`weightviz._cone.ConeRecord`); value mode restricts each conv's backward to them."""
+    :class:`weightviz._cone.ConeRecord`); value mode restricts each conv's backward to them. ``tape``:
+    record the ops from ``src`` on (:mod:`weightviz._compose`)."""
     device, dtype = _device_dtype(model)
     x = torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
     zdtype = torch.float64 if structural else None
@@ -202,6 +207,7 @@ def _forward(
             trace.z = z
         y = trace.z.clone()  # a non-leaf, so the model may modify it in place
         trace.lin.track(y)
+        trace.src_node = trace.lin.node_of(y)
         if producers is not None:
             producers[id(y)] = (y, src)
         return y
@@ -216,6 +222,7 @@ def _forward(
             raise WeightvizError(f"layer {dst!r} does not depend on {where}: no route leads from {src!r} to "
                                  f"{dst!r} (parallel branches?)")
         trace.dst_out = out
+        trace.dst_node = trace.lin.node_of(out)
         trace.act_numel = sum(t.numel() for t in trace.lin._tracked.values())
         raise _Stop
 
@@ -269,7 +276,7 @@ def _forward(
         merge_fn = None if merge is None else (lambda op, operands: merge(op, operands, trace, stack, producers))
         with torch.inference_mode(False), torch.enable_grad(), linearized(
             model, gate=gate, track_inputs=False, source=where, require_grad=True, merge=merge_fn,
-            structural=structural, cones=cones,
+            structural=structural, cones=cones, tape=tape,
         ) as lin:
             trace.lin = lin
             if src is None:
@@ -277,6 +284,7 @@ def _forward(
                                                                 requires_grad=True)
                 x = trace.z.clone()
                 lin.track(x)
+                trace.src_node = lin.node_of(x)
                 if producers is not None:
                     producers[id(x)] = (x, "input")
             torch.set_grad_enabled(src is None)
@@ -570,8 +578,25 @@ def _search(probe, src, dst) -> ReceptiveField:
 
 # ------------------------------------------------------------------------------------ main function
 def _expand(model, src, dst, units, rf, gate) -> torch.Tensor:
+    if _COMPOSE:
+        tape = _compose.Tape()
+        trace = _forward(model, src, dst, rf.input_size, gate=gate, tape=tape)
+        W = _composed(trace, tape, units, rf)
+        if W is not None:
+            return W
     pb = _Pullback(model, src, dst, rf, gate, units)
     return _collect(pb, 0, rf).detach()
+
+
+def _composed(trace: _Trace, tape: _compose.Tape, units, rf: ReceptiveField) -> torch.Tensor | None:
+    """Expanded weights from the recorded ops of a forward (:func:`weightviz._compose.compose`), or
+    ``None`` if they cannot be composed (then the autograd path runs)."""
+    if trace.dst_out is None or trace.src_node is None or trace.dst_node is None or rf.target is None:
+        return None
+    if trace.dst_out.dim() != 4 or trace.z is None or trace.z.dim() != 4:
+        return None
+    return _compose.compose(tape, trace.src_node, trace.dst_node, rf.target, list(units), rf.start, rf.size,
+                            trace.dst_out.dtype, trace.dst_out.device)
 
 
 @_grad_capable
@@ -667,7 +692,8 @@ def _paths(model, src, dst, units, rf, gate) -> dict[str, torch.Tensor]:
             state["new"] = len(idx)
             raise _NewMerge
 
-        pb = _Pullback(model, src, dst, rf, gate, units, merge=merge, producers={})
+        tape = _compose.Tape() if _COMPOSE else None
+        trace = _forward(model, src, dst, rf.input_size, gate=gate, merge=merge, producers={}, tape=tape)
         if state["new"] is not None:
             if len(results) + len(pending) + state["new"] > _MAX_PATHS:
                 raise WeightvizError(f"more than {_MAX_PATHS} routes lead from {src!r} to {dst!r}; choose "
@@ -680,7 +706,11 @@ def _paths(model, src, dst, units, rf, gate) -> dict[str, torch.Tensor]:
         label = " > ".join(lab for lab, o in zip(state["labels"], on) if o) or "direct"
         while label in results:
             label += "'"
-        results[label] = _collect(pb, 0, rf).detach()
+        W = _composed(trace, tape, units, rf) if tape is not None else None
+        if W is None:
+            state.update(k=0, labels=[], new=None)
+            W = _collect(_Pullback(model, src, dst, rf, gate, units, merge=merge, producers={}), 0, rf).detach()
+        results[label] = W
     return results
 
 

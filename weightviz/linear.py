@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import _cone
+from . import _compose, _cone
 from .errors import WeightvizError
 
 __all__ = ["DEFAULT_GATE", "Linearizer", "linearized"]
@@ -193,7 +193,7 @@ class Linearizer(TorchFunctionMode):
 
     def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
                  require_grad: bool = False, merge: Merge | None = None, structural: bool = False,
-                 cones: list | None = None):
+                 cones: list | None = None, tape: _compose.Tape | None = None):
         super().__init__()
         self.gate = float(gate)
         self.source = source
@@ -204,6 +204,10 @@ class Linearizer(TorchFunctionMode):
         # and fills its box from the backward; value mode reads them in the same call order
         self.cones = cones
         self._conv_calls = 0
+        # value mode with a tape (weightviz._compose): every op on tracked tensors is recorded, tensors
+        # get a node per version (an in-place op makes a new node of the same object)
+        self.tape = None if structural else tape
+        self._nodes: dict[int, int] = {}
         self._tracked: dict[int, torch.Tensor] = {}
 
     # -- tracking ---------------------------------------------------------------------------------
@@ -211,6 +215,12 @@ class Linearizer(TorchFunctionMode):
         """Mark tensors (and, from now on, everything computed from them) as inputs of the linear map."""
         for t in _leaves(tensors):
             self._tracked[id(t)] = t
+            if self.tape is not None:
+                self._nodes[id(t)] = self.tape.new_node(t)
+
+    def node_of(self, t: Any) -> int | None:
+        """The tape node of a tracked tensor's current version (``None``: untracked or no tape)."""
+        return self._nodes.get(id(t)) if self.is_tracked(t) else None
 
     def untrack(self, t: torch.Tensor) -> None:
         self._tracked.pop(id(t), None)
@@ -220,6 +230,7 @@ class Linearizer(TorchFunctionMode):
 
     def clear(self) -> None:
         self._tracked.clear()
+        self._nodes.clear()
 
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -300,6 +311,8 @@ class Linearizer(TorchFunctionMode):
                 return x
             out = x.clone()
             self.track(out)
+            if self.tape is not None:
+                self.tape.add("identity", [self.node_of(x)], self.node_of(out))
             return out
         # -- gates -> constant
         if base in _GATE_INPLACE_ARG and self.is_tracked(x):
@@ -344,6 +357,8 @@ class Linearizer(TorchFunctionMode):
                 if out is None and box is not None:
                     out = self._cone_conv(args, kwargs, box)
                 if out is not None:
+                    if self.tape is not None:
+                        _compose.record(self.tape, "conv2d", args, kwargs, self.node_of, out, self.node_of(out))
                     return out
             return self._run(func, args, kwargs)
         if name in _SHAPE_SECOND:
@@ -378,8 +393,16 @@ class Linearizer(TorchFunctionMode):
                                    "too (e.g. a weight computed from the activations)")
 
     def _run(self, func, args, kwargs):
+        if self.tape is None:
+            out = func(*args, **kwargs)
+            self.track(out)
+            return out
+        before = {id(t): self._nodes.get(id(t)) for t in _leaves((args, kwargs)) if self.is_tracked(t)}
         out = func(*args, **kwargs)
         self.track(out)
+        out_node = self.node_of(out) if isinstance(out, torch.Tensor) else None
+        _compose.record(self.tape, _key(func), args, kwargs,
+                        lambda t: before.get(id(t)) if isinstance(t, torch.Tensor) else None, out, out_node)
         return out
 
     def _cone_box(self, x, w) -> _cone.Box | None:
@@ -446,7 +469,11 @@ class Linearizer(TorchFunctionMode):
         if b is not None:
             shift = shift + b
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self._run(torch.add, (x * scale.reshape(shape), shift.reshape(shape)), {})
+        out = torch.add(x * scale.reshape(shape), shift.reshape(shape))
+        self.track(out)
+        if self.tape is not None:
+            _compose.scale(self.tape, self.node_of(x), self.node_of(out), scale.detach())
+        return out
 
     def _avg_pool(self, func, name, args, kwargs):
         nd = _MAX_POOLS[name]
@@ -466,6 +493,9 @@ class Linearizer(TorchFunctionMode):
         fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
         out = fn(x, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=True)
         self.track(out)
+        if self.tape is not None:
+            _compose.record(self.tape, "avg_pool2d" if nd == 2 else name, (x, kernel, stride, padding, ceil_mode),
+                            {}, self.node_of, out, self.node_of(out))
         return out
 
     def _add(self, func, name, args, kwargs):
@@ -515,6 +545,7 @@ def linearized(
     merge: Merge | None = None,
     structural: bool = False,
     cones: list | None = None,
+    tape: _compose.Tape | None = None,
 ) -> Iterator[Linearizer]:
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
@@ -538,7 +569,7 @@ def linearized(
     if not isinstance(model, nn.Module):
         raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
     mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
-                      structural=structural, cones=cones)
+                      structural=structural, cones=cones, tape=tape)
     flags = [(m, m.training) for m in model.modules()]
     handle = None
     if track_inputs:
