@@ -14,10 +14,12 @@ How it is computed (exact, not sampled):
    included, because it is measured, not derived).
 2. One linearized forward at that size, with ``src``'s output replaced by a zero tensor that requires
    grad (so only the ``src -> dst`` map is measured) and the forward stopped right after ``dst``.
-3. Batched backwards for all requested units (``torch.func.vjp`` of that forward, ``torch.func.vmap`` over
-   one-hot cotangents in cache-sized chunks; never one backward per unit), cropped to the field. Every conv
-   on the way computes its input gradient only inside the *cone* of the target (the output positions that
-   reach it, measured by the same structural probe: :mod:`weightviz._cone`), not over the whole map.
+3. The forward records its ops from ``src`` on (:mod:`weightviz._compose`); the weights are composed
+   backwards from one-hot cotangents of all requested units at once, each cotangent kept only on the
+   window of positions that reach the target (never one backward per unit, no full-size maps).
+4. If the route meets an op the tape does not know: batched backwards instead (``torch.func.vjp`` of
+   that forward, ``torch.func.vmap`` over one-hot cotangents in cache-sized chunks), every conv's input
+   gradient computed only inside the target's cone (:mod:`weightviz._cone`). Both are cropped to the field.
 
 Index convention: ``E[u, c, i, j]`` is the weight from ``src`` channel ``c`` at position
 ``(r0 + i, c0 + j)`` to ``dst`` unit ``u`` at the target position, where ``(r0, c0)`` is the first
