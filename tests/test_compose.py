@@ -140,3 +140,32 @@ def test_tape_records_each_version_of_an_inplace_tensor():
     kinds = [op.kind for op in tape.ops]
     assert kinds == ["add", "add"]
     assert tape.ops[1].ins == [tape.ops[0].out, n0] and tape.ops[1].params["coef"] == [1.0, 1.0]
+
+
+class SqueezeExcite(nn.Module):
+    """conv -> SE (mean, conv, ReLU, conv, sigmoid gate) -> conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce = nn.Conv2d(8, 2, 1)
+        self.expand = nn.Conv2d(2, 8, 1)
+        self.b = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        s = self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True))))
+        return self.b(x * torch.sigmoid(s))
+
+
+def test_squeeze_excite_gate_is_a_constant_and_the_gate_branch_no_route(spy, monkeypatch):
+    torch.manual_seed(0)
+    model = SqueezeExcite().eval()
+    got = wv.expanded_weights(model, "a", "b")
+    assert spy["used"] == 1   # the squeeze branch (mean, an op compose does not know) ends at the gate
+    assert_same(got, 0.5 * wv.weights(model, "b"))
+    assert_same(wv.expanded_weights(model, "a", "b", gate=0.25), 0.25 * wv.weights(model, "b"))
+    # from inside the gate branch nothing reaches b: a clear error (the structural probe used to fail on a
+    # float64 gate multiplying the float32 main branch)
+    with pytest.raises(wv.WeightvizError, match="sigmoid gate"):
+        wv.expanded_weights(model, "expand", "b")

@@ -201,6 +201,7 @@ def _forward(
             raise WeightvizError(f"layer {src!r} must output a tensor [B, C, H, W] or [B, C], got "
                                  f"{_describe(out)}; choose another src")
         torch.set_grad_enabled(True)  # layers before src ran without autograd (their values do not matter)
+        trace.lin.const_dtype = out.dtype
         if z is None:
             trace.z = torch.zeros(out.shape, dtype=zdtype or out.dtype, device=out.device, requires_grad=True)
         elif tuple(z.shape) != tuple(out.shape):
@@ -222,7 +223,7 @@ def _forward(
             raise WeightvizError(f"layer {dst!r} must output a tensor, got {_describe(out)}")
         if not trace.lin.is_tracked(out):
             raise WeightvizError(f"layer {dst!r} does not depend on {where}: no route leads from {src!r} to "
-                                 f"{dst!r} (parallel branches?)")
+                                 f"{dst!r} (parallel branches, or only through a sigmoid gate, which is frozen to a constant)")
         trace.dst_out = out
         trace.dst_node = trace.lin.node_of(out)
         trace.act_numel = sum(t.numel() for t in trace.lin._tracked.values())
@@ -284,6 +285,7 @@ def _forward(
             if src is None:
                 trace.z = z if z is not None else torch.zeros(x.shape, dtype=zdtype or x.dtype, device=x.device,
                                                                 requires_grad=True)
+                lin.const_dtype = x.dtype
                 x = trace.z.clone()
                 lin.track(x)
                 trace.src_node = lin.node_of(x)

@@ -207,6 +207,8 @@ class Linearizer(TorchFunctionMode):
         # value mode with a tape (weightviz._compose): every op on tracked tensors is recorded, tensors
         # get a node per version (an in-place op makes a new node of the same object)
         self.tape = None if structural else tape
+        #: dtype of constants that replace tracked values (gates); set by the caller (default: the input's)
+        self.const_dtype: torch.dtype | None = None
         self._nodes: dict[int, int] = {}
         self._tracked: dict[int, torch.Tensor] = {}
 
@@ -329,7 +331,9 @@ class Linearizer(TorchFunctionMode):
                     x.fill_(self.gate)
                 self.untrack(x)
                 return x
-            return torch.full_like(x, self.gate).detach()
+            # the model's own dtype: in structural mode x is float64, but the constant multiplies untracked
+            # tensors of the model (a float64 gate would turn them, and then the next conv, to float64)
+            return torch.full_like(x, self.gate, dtype=self.const_dtype or x.dtype).detach()
         # -- max pooling -> average pooling
         if name in _MAX_POOLS and self.is_tracked(x):
             self._only_first(func, args, kwargs)
