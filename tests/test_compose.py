@@ -169,3 +169,20 @@ def test_squeeze_excite_gate_is_a_constant_and_the_gate_branch_no_route(spy, mon
     # float64 gate multiplying the float32 main branch)
     with pytest.raises(wv.WeightvizError, match="sigmoid gate"):
         wv.expanded_weights(model, "expand", "b")
+
+
+@pytest.mark.parametrize("fixture, src, dst", [
+    ("lite0", "blocks.2.0", "blocks.3.0"), ("lite0", None, "blocks.1.0"), ("googlenet", None, "inception3a"),
+    ("googlenet", "inception3a", "inception3b"), ("resnet18", "layer1.0", "layer2.0"),
+])
+@pytest.mark.parametrize("size", [32, 56, 96])
+def test_field_from_tape_boxes_equals_structural_probe(request, fixture, src, dst, size):
+    """Box propagation over the recorded ops gives the same field (size, start, stride, truncation) as the
+    float64 gradient-support probe, at sizes where it is truncated and where it is not."""
+    import dataclasses
+
+    model = request.getfixturevalue(fixture)
+    got = ex._tape_probe(model, src, dst, size)
+    ref = ex._structural_probe(model, src, dst, size)
+    assert got is not None
+    assert dataclasses.replace(got, cones=()) == dataclasses.replace(ref, cones=())

@@ -1,6 +1,5 @@
-"""Cone-restricted conv backward (weightviz._cone) against plain autograd, and expanded weights with and
-without cones (the unrestricted backward is the reference; the composition and slow-loop references of
-test_expand.py run through the restricted path)."""
+"""Cone-restricted conv backward (weightviz._cone) against plain autograd, and expanded weights on the
+autograd path with and without cones (the unrestricted backward is the reference)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,16 @@ import weightviz as wv
 from weightviz import _cone
 from weightviz import expand as ex
 from weightviz.linear import DEFAULT_GATE
+
+
+@pytest.fixture(autouse=True)
+def autograd_path(monkeypatch):
+    """These tests are about the autograd path (used when the composed path cannot run): fields from the
+    structural probe, which records the cones."""
+    monkeypatch.setattr(ex, "_COMPOSE", False)
+    ex._RF_CACHE.clear()
+    yield
+    ex._RF_CACHE.clear()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

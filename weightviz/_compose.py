@@ -320,3 +320,43 @@ def compose(tape: Tape, src_node: int, dst_node: int, target: tuple[int, int], u
             g, a, b = cut
             out[s:s + len(us), :, a:a + g.shape[-2], b:b + g.shape[-1]] = g
     return out
+
+
+# --------------------------------------------------------------------------------- field (boxes only)
+def _back_box(op: Op, box: tuple[int, int, int, int], shapes: dict):
+    """Input boxes ``(node, (r0, r1, c0, c1))`` of ``op`` for an output box (half-open rows/columns)."""
+    r0, r1, c0, c1 = box
+    if op.kind in ("identity", "scale", "add", "cat"):
+        return [(n, box) for n in op.ins if n is not None]
+    (n,) = op.ins
+    H, W = shapes[n][-2:]
+    if op.kind == "pad":
+        left, _right, top, _bottom = op.params["pads"]
+        r0, r1, c0, c1 = r0 - top, r1 - top, c0 - left, c1 - left
+    else:  # conv
+        p = op.params
+        (sh, sw), (ph, pw), (dh, dw) = p["stride"], p["padding"], p["dilation"]
+        kh, kw = p["w"].shape[-2:]
+        r0, r1 = r0 * sh - ph, (r1 - 1) * sh - ph + dh * (kh - 1) + 1
+        c0, c1 = c0 * sw - pw, (c1 - 1) * sw - pw + dw * (kw - 1) + 1
+    r0, r1, c0, c1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
+    return [] if r1 <= r0 or c1 <= c0 else [(n, (r0, r1, c0, c1))]
+
+
+def field_box(tape: Tape, src_node: int, dst_node: int, target: tuple[int, int]):
+    """The box of ``src`` positions that reach ``dst`` at ``target`` (geometry only: every tap of every
+    recorded op counts, as in the structural probe), ``None`` if none does, or ``False`` when the tape
+    cannot tell (an op it does not know on the way)."""
+    ops = _needed(tape, src_node, dst_node)
+    if ops is None:
+        return False
+    boxes = {dst_node: (target[0], target[0] + 1, target[1], target[1] + 1)}
+    for op in ops:
+        b = boxes.pop(op.out, None)
+        if b is None:
+            continue
+        for n, nb in _back_box(op, b, tape.shapes):
+            old = boxes.get(n)
+            boxes[n] = nb if old is None else (min(old[0], nb[0]), max(old[1], nb[1]), min(old[2], nb[2]),
+                                                max(old[3], nb[3]))
+    return boxes.get(src_node)

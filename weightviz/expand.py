@@ -412,7 +412,46 @@ _RF_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionar
 
 
 def _probe(model, src, dst, size, target=None) -> ReceptiveField:
-    """Structural field of ``dst[target]`` over ``src`` at input ``size`` (see :func:`receptive_field`)."""
+    """Field of ``dst[target]`` over ``src`` at input ``size`` (see :func:`receptive_field`): from the boxes
+    of the recorded ops (:func:`weightviz._compose.field_box`, one plain forward) when the tape knows every
+    op on the way, else from the structural probe."""
+    if _COMPOSE:
+        rf = _tape_probe(model, src, dst, size, target)
+        if rf is not None:
+            return rf
+    return _structural_probe(model, src, dst, size, target)
+
+
+def _tape_probe(model, src, dst, size, target=None) -> ReceptiveField | None:
+    tape = _compose.Tape()
+    trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, tape=tape)
+    out, z = trace.dst_out, trace.z
+    if out.dim() != 4 or z is None or z.dim() != 4 or trace.src_node is None or trace.dst_node is None:
+        return None
+    hd, wd = out.shape[-2:]
+    t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
+    if not (0 <= t[0] < hd and 0 <= t[1] < wd):
+        raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
+    box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
+    if box is False:
+        return None
+    src_shape, dst_shape = tuple(z.shape[1:]), tuple(out.shape[1:])
+    if box is None:   # the target reads only padding at this input size
+        return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True)
+    r0, r1, c0, c1 = box
+    stride = None
+    if t[0] + 1 < hd and t[1] + 1 < wd:
+        nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
+        if nxt:
+            stride = (nxt[0] - r0, nxt[2] - c0)
+    hs, ws = z.shape[-2:]
+    touching = r0 == 0 or c0 == 0 or r1 == hs or c1 == ws
+    return ReceptiveField((r1 - r0, c1 - c0), stride, (r0, c0), t, size, src_shape, dst_shape, touching)
+
+
+def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
+    """Structural field of ``dst[target]`` over ``src`` at input ``size``: one float64 forward/backward
+    with positive weights (also records the conv cones of the autograd path)."""
     record = _cone.ConeRecord()
     trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, structural=True, cones=record)
     out, z = trace.dst_out, trace.z
