@@ -8,10 +8,11 @@ sigmoid gates -> 0.5, BatchNorm eval -> its affine map, dropout/LRN -> identity)
 
 How it is computed (exact, not sampled):
 
-1. :func:`receptive_field` measures the field of one ``dst`` position over ``src`` (a structural probe:
-   one forward/backward in float64 with all weights made positive, so nothing cancels) and picks the
+1. :func:`receptive_field` measures the field of one ``dst`` position over ``src`` (the window of every
+   recorded op traced back from the target; for ops the recorder does not know, a structural probe: one
+   forward/backward in float64 with all weights made positive, so nothing cancels) and picks the
    smallest input size whose field is not truncated by any border (asymmetric TF-"SAME" padding
-   included, because it is measured, not derived).
+   included, because it is measured on the real forward, not derived from the layer list).
 2. One linearized forward at that size, with ``src``'s output replaced by a zero tensor that requires
    grad (so only the ``src -> dst`` map is measured) and the forward stopped right after ``dst``.
 3. The forward records its ops from ``src`` on (:mod:`weightviz._compose`); the weights are composed
@@ -518,9 +519,10 @@ def receptive_field(
     """Measure the receptive field of one position of layer ``dst`` over layer ``src`` (the model input if
     ``src`` is None), and the smallest square input size at which it is not truncated by any border.
 
-    The field is *measured*: one linearized forward/backward in float64 with every weight replaced by a
-    positive constant (so no route can cancel) gives the exact set of ``src`` positions that reach the
-    target ``dst`` position (default: the centre ``((H-1)//2, (W-1)//2)``). Asymmetric TF-"SAME" padding,
+    The field is *measured* on one linearized forward: the windows of the recorded ops traced back from
+    the target (or, for ops the recorder does not know, a forward/backward in float64 with every weight
+    replaced by a positive constant, so no route can cancel) give the exact box of ``src`` positions that
+    reach the target ``dst`` position (default: the centre ``((H-1)//2, (W-1)//2)``). Asymmetric TF-"SAME" padding,
     strides, dilations, pooling, branches and skips are all accounted for. Without ``input_size``, the
     input grows until the field touches no border of ``src`` and its size is stable, then shrinks to the
     smallest size (multiple of 4) that still holds it.
