@@ -186,3 +186,33 @@ def test_field_from_tape_boxes_equals_structural_probe(request, fixture, src, ds
     ref = ex._structural_probe(model, src, dst, size)
     assert got is not None
     assert dataclasses.replace(got, cones=()) == dataclasses.replace(ref, cones=())
+
+
+class InplaceOnView(nn.Module):
+    """``y[:, :2] += b(x)``: an in-place op on a view changes ``y``, which a tape of tensor versions cannot
+    follow; the autograd path must run (and gives the right answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 2, 3, padding=1)
+        self.c = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        y = x * 1.0
+        y[:, :2] += self.b(x)
+        return self.c(y)
+
+
+def test_inplace_on_a_view_falls_back(spy, monkeypatch):
+    torch.manual_seed(0)
+    model = InplaceOnView().eval()
+    got = wv.expanded_weights(model, "a", "c")
+    assert spy["used"] == 0
+    # reference: c ∘ (identity + [b; 0]) composed by hand
+    wc, wb = wv.weights(model, "c")[:, :, 0, 0], wv.weights(model, "b")
+    ref = torch.zeros(3, 4, 3, 3)
+    ref[:, :, 1, 1] = wc
+    ref += torch.einsum("om,mikl->oikl", wc[:, :2], wb)
+    assert_same(got, ref)

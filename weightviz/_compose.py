@@ -44,6 +44,8 @@ class Tape:
 
     ops: list = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
+    #: set when an in-place op changed memory shared with another tracked tensor: nothing can be composed
+    tainted: bool = False
     _next: int = 0
 
     def new_node(self, t: torch.Tensor) -> int:
@@ -201,6 +203,8 @@ def scale(tape: Tape, x_node, out_node, factor) -> None:
 def _needed(tape: Tape, src_node: int, dst_node: int) -> list[Op] | None:
     """The ops on routes back from ``dst`` (reverse execution order), or ``None`` if a needed node has no
     producer (other than ``src``) or a needed op is unsupported."""
+    if tape.tainted:
+        return None
     producer = {op.out: op for op in tape.ops}
     need, todo = {dst_node}, [dst_node]
     while todo:

@@ -402,12 +402,25 @@ class Linearizer(TorchFunctionMode):
             self.track(out)
             return out
         before = {id(t): self._nodes.get(id(t)) for t in _leaves((args, kwargs)) if self.is_tracked(t)}
+        key = _key(func)
+        if (key.endswith("_") and not key.startswith("__") or key.startswith("__i") or key == "__setitem__") \
+                and self._shares_storage(args[0] if args else None):
+            # an in-place op on a tensor that shares memory with another tracked tensor (a view, or the base
+            # of one) changes that one too, which the tape cannot follow: the autograd path must be used
+            self.tape.tainted = True
         out = func(*args, **kwargs)
         self.track(out)
         out_node = self.node_of(out) if isinstance(out, torch.Tensor) else None
-        _compose.record(self.tape, _key(func), args, kwargs,
+        _compose.record(self.tape, key, args, kwargs,
                         lambda t: before.get(id(t)) if isinstance(t, torch.Tensor) else None, out, out_node)
         return out
+
+    def _shares_storage(self, t: Any) -> bool:
+        """Whether tracked ``t`` shares its memory with another tracked tensor object."""
+        if not self.is_tracked(t):
+            return False
+        ptr = t.untyped_storage().data_ptr()
+        return any(o is not t and o.untyped_storage().data_ptr() == ptr for o in self._tracked.values())
 
     def _cone_box(self, x, w) -> _cone.Box | None:
         """The recorded cone box of this conv2d call (value mode with ``cones``), or ``None``. If the call
