@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weightviz as wv
+from weightviz import expand as ex
 from weightviz.errors import WeightvizError
 
 
@@ -77,7 +78,7 @@ def embed_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------ exact composition identity
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     c=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3)),
     k1=st.integers(1, 4), k2=st.integers(1, 4),
@@ -86,8 +87,10 @@ def embed_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     p1=st.integers(0, 2), p2=st.integers(0, 2),
     middle=st.sampled_from(["none", "bn_relu"]),
     seed=st.integers(0, 2**16),
+    composed=st.booleans(),
 )
-def test_two_convs_equal_conv_transpose_composition(c, k1, k2, s1, s2, d1, d2, p1, p2, middle, seed):
+def test_two_convs_equal_conv_transpose_composition(c, k1, k2, s1, s2, d1, d2, p1, p2, middle, seed, composed):
+    """Both paths: the recorded ops composed on windows (default) and the autograd path."""
     torch.manual_seed(seed)
     c0, c1, c2 = c
     conv1 = nn.Conv2d(c0, c1, k1, stride=s1, dilation=d1, padding=p1)
@@ -105,7 +108,12 @@ def test_two_convs_equal_conv_transpose_composition(c, k1, k2, s1, s2, d1, d2, p
     model = nn.Sequential(nn.Identity(), conv1, *mid, conv2).eval()
     dst = str(len(model) - 1)
     expected = F.conv_transpose2d(conv2.weight.detach(), w1, stride=s1 * d2, dilation=d1)
-    got = wv.expanded_weights(model, "0", dst)
+    before = ex._COMPOSE
+    ex._COMPOSE = composed
+    try:
+        got = wv.expanded_weights(model, "0", dst)
+    finally:
+        ex._COMPOSE = before
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
