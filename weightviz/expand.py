@@ -433,7 +433,10 @@ def _tape_probe(model, src, dst, size, target=None) -> ReceptiveField | None:
     t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
     if not (0 <= t[0] < hd and 0 <= t[1] < wd):
         raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
-    box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
+    try:
+        box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
+    except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
+        box = False
     if box is False:
         return None
     src_shape, dst_shape = tuple(z.shape[1:]), tuple(out.shape[1:])
@@ -442,7 +445,10 @@ def _tape_probe(model, src, dst, size, target=None) -> ReceptiveField | None:
     r0, r1, c0, c1 = box
     stride = None
     if t[0] + 1 < hd and t[1] + 1 < wd:
-        nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
+        try:
+            nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
+        except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
+            return None
         if nxt:
             stride = (nxt[0] - r0, nxt[2] - c0)
     hs, ws = z.shape[-2:]
@@ -640,8 +646,11 @@ def _composed(trace: _Trace, tape: _compose.Tape, units, rf: ReceptiveField) -> 
         return None
     if trace.dst_out.dim() != 4 or trace.z is None or trace.z.dim() != 4:
         return None
-    return _compose.compose(tape, trace.src_node, trace.dst_node, rf.target, list(units), rf.start, rf.size,
-                            trace.dst_out.dtype, trace.dst_out.device)
+    try:
+        return _compose.compose(tape, trace.src_node, trace.dst_node, rf.target, list(units), rf.start, rf.size,
+                                trace.dst_out.dtype, trace.dst_out.device)
+    except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
+        return None  # an op combination the composer does not handle: the autograd path is the reference
 
 
 @_grad_capable
