@@ -60,62 +60,15 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def hand_linearized(model):
-    import copy
-
-    from torch import nn
-
-    m = copy.deepcopy(model).eval()
-    for mod in list(m.modules()):
-        for name, child in list(mod.named_children()):
-            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout)):
-                setattr(mod, name, nn.Identity())
-            elif isinstance(child, nn.MaxPool2d):
-                setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
-                                                ceil_mode=child.ceil_mode, count_include_pad=True))
-    return m
-
-
 def per_unit_loop(model, src, dst, size, rf_at_size, units):
-    """The obvious method: forward the hand-linearized copy at ``size``, one backward per unit.
+    """The obvious method (:func:`weightviz.testing.slow_expanded_weights`): forward the hand-linearized copy
+    at ``size``, one backward per unit. Returns ``(forward_s, mean_backward_s, [len(units), C_src, K, K])``."""
+    from weightviz.testing import slow_expanded_weights
 
-    Returns ``(forward_s, mean_backward_s, [len(units), C_src, K, K])``."""
-    import torch.nn.functional as F
-
-    lin = hand_linearized(model)
-    mods = dict(lin.named_modules())
-    cap = {}
-
-    def src_hook(_m, _i, out):
-        cap["z"] = torch.zeros_like(out, requires_grad=True)
-        return cap["z"] * 1.0
-
-    def dst_hook(_m, _i, out):
-        cap["y"] = out
-
-    h1 = mods[src].register_forward_hook(src_hook)
-    h2 = mods[dst].register_forward_hook(dst_hook)
-    relu = F.relu
-    F.relu = lambda x, inplace=False: x
-    try:
-        t = time.perf_counter()
-        with torch.enable_grad():
-            lin(torch.zeros(1, 3, size, size))
-        fwd = time.perf_counter() - t
-    finally:
-        F.relu = relu
-        h1.remove()
-        h2.remove()
-    y = cap["y"]
-    tgt = rf_at_size.target
+    timings: dict = {}
     (r0, c0), (kh, kw) = rf_at_size.start, rf_at_size.size
-    out = []
-    t = time.perf_counter()
-    for u in units:
-        (g,) = torch.autograd.grad(y[0, u, tgt[0], tgt[1]], cap["z"], retain_graph=True)
-        out.append(g[0, :, r0:r0 + kh, c0:c0 + kw])
-    bwd = (time.perf_counter() - t) / len(units)
-    return fwd, bwd, torch.stack(out)
+    g = slow_expanded_weights(model, src, dst, units, size, crop=(r0, c0, kh, kw), timings=timings)
+    return timings["forward_s"], timings["backward_s"], g
 
 
 def child(spec: str, src: str, dst: str, method: str, repeats: int, threads: int, loop_units: int) -> dict:

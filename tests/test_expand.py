@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,54 +13,10 @@ from torch import nn
 import weightviz as wv
 from weightviz import expand as ex
 from weightviz.errors import WeightvizError
+from weightviz.testing import slow_expanded_weights
 
 
 # ------------------------------------------------------------------------------ independent references
-def hand_linearized(model: nn.Module) -> nn.Module:
-    """A copy with activation/dropout modules replaced by Identity and max-pool by avg-pool (Captum style)."""
-    m = copy.deepcopy(model).eval()
-    for mod in list(m.modules()):
-        for name, child in list(mod.named_children()):
-            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout)):
-                setattr(mod, name, nn.Identity())
-            elif isinstance(child, nn.MaxPool2d):
-                setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
-                                                ceil_mode=child.ceil_mode, count_include_pad=True))
-    return m
-
-
-def slow_expanded(model, src, dst, units, size, monkeypatch) -> torch.Tensor:
-    """One autograd backward per unit on the hand-linearized copy, full ``src`` map ``[U, C, H, W]``."""
-    lin = hand_linearized(model)
-    mods = dict(lin.named_modules())
-    cap = {}
-
-    def src_hook(_m, _i, out):
-        cap["z"] = torch.zeros_like(out, requires_grad=True)
-        return cap["z"] * 1.0
-
-    def dst_hook(_m, _i, out):
-        cap["y"] = out
-
-    h1 = mods[src].register_forward_hook(src_hook)
-    h2 = mods[dst].register_forward_hook(dst_hook)
-    try:
-        with monkeypatch.context() as mp, torch.enable_grad():
-            mp.setattr(F, "relu", lambda x, inplace=False: x)  # torchvision BasicConv2d calls F.relu
-            lin(torch.zeros(1, 3, size, size))
-    finally:
-        h1.remove()
-        h2.remove()
-    y = cap["y"]
-    h, w = y.shape[-2:]
-    t = ((h - 1) // 2, (w - 1) // 2)
-    rows = []
-    for u in units:
-        (g,) = torch.autograd.grad(y[0, u, t[0], t[1]], cap["z"], retain_graph=True)
-        rows.append(g[0])
-    return torch.stack(rows)
-
-
 def embed_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """Smallest ``|ref - ours placed at some offset| / |ref|`` over all placements of ours ``[U, C, K, K]``
     inside the reference map ``[U, C, H, W]`` (so the check does not trust our own field position)."""
@@ -149,16 +103,16 @@ def test_adjacent_layers_across_reused_relu_resnet(resnet18):
     ("inception3a", "inception3b.branch3.1.conv", [0, 17, 63, 95], 64),   # bottleneck jump, F.relu inside
     ("maxpool2", "inception3a", [0, 70, 200, 255], 64),                   # all branches incl. max-pool one
 ])
-def test_googlenet_matches_slow_reference(googlenet, monkeypatch, src, dst, units, size):
+def test_googlenet_matches_slow_reference(googlenet, src, dst, units, size):
     ours = wv.expanded_weights(googlenet, src, dst, units=units)
-    ref = slow_expanded(googlenet, src, dst, units, size, monkeypatch)
+    ref = slow_expanded_weights(googlenet, src, dst, units, size)
     assert embed_error(ours, ref) <= 1e-5
 
 
-def test_resnet18_matches_slow_reference_and_paths_sum(resnet18, monkeypatch):
+def test_resnet18_matches_slow_reference_and_paths_sum(resnet18):
     units = [0, 5, 33, 63]
     res = wv.expanded_weights(resnet18, "layer1.0", "layer1.1", units=units, paths=True)
-    ref = slow_expanded(resnet18, "layer1.0", "layer1.1", units, 48, monkeypatch)
+    ref = slow_expanded_weights(resnet18, "layer1.0", "layer1.1", units, 48)
     assert embed_error(res.total, ref) <= 1e-5
     assert set(res.paths) == {"layer1.1:layer1.1.bn2", "layer1.1:layer1.0"}
     torch.testing.assert_close(sum(res.paths.values()), res.total, rtol=1e-6, atol=1e-6)
@@ -170,10 +124,10 @@ def test_resnet18_matches_slow_reference_and_paths_sum(resnet18, monkeypatch):
     assert torch.equal(skip, eye)
 
 
-def test_lite0_block_to_block_matches_slow_reference(lite0, monkeypatch):
+def test_lite0_block_to_block_matches_slow_reference(lite0):
     units = [0, 11, 40, 79]
     ours = wv.expanded_weights(lite0, "blocks.2.0", "blocks.3.0", units=units)
-    ref = slow_expanded(lite0, "blocks.2.0", "blocks.3.0", units, 96, monkeypatch)
+    ref = slow_expanded_weights(lite0, "blocks.2.0", "blocks.3.0", units, 96)
     assert ours.shape[-2:] == (7, 7)  # 5x5 depthwise (stride 1) then 3x3 depthwise (stride 2): 5 + 2
     assert embed_error(ours, ref) <= 1e-5
 

@@ -59,7 +59,8 @@ _EXPORTS: dict[str, str] = {
     "scan_banding": "metrics",
     "long_tail": "metrics",
 }
-_SUBMODULES = {"objectives": "optvis.objectives", "figures": "figures", "optvis": "optvis", "explore": "explore"}
+_SUBMODULES = {"objectives": "optvis.objectives", "figures": "figures", "optvis": "optvis", "explore": "explore",
+               "testing": "testing"}
 
 __all__ = ["WeightvizError", "__version__", *_EXPORTS, *_SUBMODULES]
 
