@@ -216,3 +216,17 @@ def test_inplace_on_a_view_falls_back(spy, monkeypatch):
     ref[:, :, 1, 1] = wc
     ref += torch.einsum("om,mikl->oikl", wc[:, :2], wb)
     assert_same(got, ref)
+
+
+def test_scale_folds_into_its_conv_only_when_the_conv_output_has_no_other_use():
+    w = torch.randn(4, 3, 3, 3)
+    s = torch.rand(4) + 0.5
+    conv = _compose.Op("conv", [0], 1, {"w": w, "stride": (1, 1), "padding": (1, 1), "dilation": (1, 1),
+                                        "groups": 1})
+    scale = _compose.Op("scale", [1], 2, {"factor": s})
+    folded = _compose._fold_scales([scale, conv], keep=(0, 2))
+    assert [op.kind for op in folded] == ["conv"] and folded[0].ins == [0] and folded[0].out == 2
+    torch.testing.assert_close(folded[0].params["w"], w * s[:, None, None, None])
+    other = _compose.Op("identity", [1], 3)   # node 1 also feeds another op: keep both
+    assert [op.kind for op in _compose._fold_scales([other, scale, conv], keep=(0, 2))] == ["identity", "scale", "conv"]
+    assert [op.kind for op in _compose._fold_scales([scale, conv], keep=(0, 1))] == ["scale", "conv"]

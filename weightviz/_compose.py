@@ -292,6 +292,38 @@ def _accumulate(cot: dict, node: int, g: torch.Tensor, r0: int, c0: int) -> None
     cot[node] = (acc, R0, C0)
 
 
+def _fold_scales(ops: list[Op], keep: tuple[int, ...]) -> list[Op]:
+    """Fold each per-channel ``scale`` (eval BatchNorm) into the conv that produces its input, when that
+    conv output feeds nothing else: ``scale(conv(x, w)) = conv(x, w * s[:, None, None, None])``, so the
+    backward multiplies a small weight instead of every cotangent. ``ops`` in reverse execution order."""
+    uses: dict[int, int] = {}
+    for op in ops:
+        for n in op.ins:
+            if n is not None:
+                uses[n] = uses.get(n, 0) + 1
+    producer = {op.out: op for op in ops}
+    folded: set[int] = set()   # outputs of convs merged into a scale
+    out = []
+    for op in ops:
+        if op.kind == "scale":
+            (n,) = op.ins
+            conv = producer.get(n)
+            f = op.params["factor"]
+            if conv is not None and conv.kind == "conv" and uses.get(n) == 1 and n not in keep:
+                w = conv.params["w"]
+                if isinstance(f, torch.Tensor) and f.dim() == 1:
+                    f = f.to(w.dtype).view(-1, 1, 1, 1)
+                elif isinstance(f, torch.Tensor):
+                    f = f.to(w.dtype)
+                out.append(Op("conv", list(conv.ins), op.out, {**conv.params, "w": w * f}))
+                folded.add(n)
+                continue
+        if op.kind == "conv" and op.out in folded:
+            continue
+        out.append(op)
+    return out
+
+
 def compose(tape: Tape, src_node: int, dst_node: int, target: tuple[int, int], units: list[int],
             start: tuple[int, int], size: tuple[int, int], dtype: torch.dtype,
             device: torch.device | str = "cpu") -> torch.Tensor | None:
@@ -301,6 +333,7 @@ def compose(tape: Tape, src_node: int, dst_node: int, target: tuple[int, int], u
     dst_shape, src_shape = tape.shapes.get(dst_node), tape.shapes.get(src_node)
     if ops is None or dst_shape is None or src_shape is None or len(dst_shape) != 4 or len(src_shape) != 4:
         return None
+    ops = _fold_scales(ops, (src_node, dst_node))
     widest = max(s[1] * s[2] * s[3] for s in tape.shapes.values() if len(s) == 4)
     chunk = max(1, min(len(units), _CHUNK_BYTES // max(1, widest * torch.empty((), dtype=dtype).element_size())))
     out = torch.zeros(len(units), src_shape[1], *size, dtype=dtype, device=device)
