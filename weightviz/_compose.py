@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._cone import clip_window, conv_geometry, pair
+
 _CHUNK_BYTES = 64 * 2**20  # largest cotangent of a chunk of units (bytes), bounds memory
 
 
@@ -75,14 +77,6 @@ def _get(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> A
     return args[i] if len(args) > i else default
 
 
-def _pair(v) -> tuple[int, int] | None:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v, v
-    if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(isinstance(i, int) for i in v):
-        return (int(v[0]), int(v[-1]))
-    return None
-
-
 def _channel_factor(f: Any, out: torch.Tensor) -> Any:
     """A factor that multiplies a ``[1, C, H, W]`` tensor by a number or per-channel values: the number,
     or a ``[C]`` tensor; ``None`` otherwise (spatially varying, or broadcasting the batch)."""
@@ -109,12 +103,11 @@ def record(tape: Tape, key: str, args: tuple, kwargs: dict, node_of, out: Any, o
     x = args[0] if args else None
     if key == "conv2d":
         w = _get(args, kwargs, 1, "weight")
-        padding = _get(args, kwargs, 4, "padding", 0)
-        padding = 0 if padding == "valid" else padding
-        s, p, d = _pair(_get(args, kwargs, 3, "stride", 1)), _pair(padding), _pair(_get(args, kwargs, 5, "dilation", 1))
-        if None in (s, p, d) or not isinstance(w, torch.Tensor) or w.dim() != 4 or x.dim() != 4:
+        geom = conv_geometry(w, _get(args, kwargs, 3, "stride", 1), _get(args, kwargs, 4, "padding", 0),
+                             _get(args, kwargs, 5, "dilation", 1)) if isinstance(w, torch.Tensor) else None
+        if geom is None or x.dim() != 4:
             return tape.add("unsupported", [node_of(x)], out_node, op=key)
-        return conv(tape, node_of(x), out_node, w, s, p, d, int(_get(args, kwargs, 6, "groups", 1)))
+        return conv(tape, node_of(x), out_node, w, *geom, int(_get(args, kwargs, 6, "groups", 1)))
     if key in _IDENTITY_KEYS:
         return tape.add("identity", [node_of(x)], out_node)
     if key in ("pad", "constant_pad_nd"):
@@ -125,10 +118,10 @@ def record(tape: Tape, key: str, args: tuple, kwargs: dict, node_of, out: Any, o
         pads = [int(v) for v in pads] + [0, 0] * (len(pads) == 2)
         return tape.add("pad", [node_of(x)], out_node, pads=tuple(pads))
     if key == "avg_pool2d":
-        k = _pair(_get(args, kwargs, 1, "kernel_size"))
+        k = pair(_get(args, kwargs, 1, "kernel_size"))
         stride = _get(args, kwargs, 2, "stride", None)
-        s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride)
-        p = _pair(_get(args, kwargs, 3, "padding", 0))
+        s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else pair(stride)
+        p = pair(_get(args, kwargs, 3, "padding", 0))
         ceil = bool(_get(args, kwargs, 4, "ceil_mode", False))
         include = bool(_get(args, kwargs, 5, "count_include_pad", True))
         div = _get(args, kwargs, 6, "divisor_override", None)
@@ -221,19 +214,6 @@ def _needed(tape: Tape, src_node: int, dst_node: int) -> list[Op] | None:
     return [op for op in reversed(tape.ops) if op.out in need]
 
 
-def _clip(g: torch.Tensor, r0: int, c0: int, hw: tuple[int, int]):
-    """Cut a window at ``(r0, c0)`` to the map ``hw``; ``None`` if nothing is left."""
-    H, W = hw
-    h, w = g.shape[-2:]
-    a, b = max(0, -r0), min(h, H - r0)
-    c, d = max(0, -c0), min(w, W - c0)
-    if b <= a or d <= c:
-        return None
-    if (a, b, c, d) != (0, h, 0, w):
-        g = g[..., a:b, c:d]
-    return g, r0 + a, c0 + c
-
-
 def _backward(op: Op, g: torch.Tensor, r0: int, c0: int, shapes: dict):
     kind, p = op.kind, op.params
     if kind == "identity":
@@ -256,7 +236,7 @@ def _backward(op: Op, g: torch.Tensor, r0: int, c0: int, shapes: dict):
     hw = shapes[n][-2:]
     if kind == "pad":
         left, _right, top, _bottom = p["pads"]
-        hit = _clip(g, r0 - top, c0 - left, hw)
+        hit = clip_window(g, r0 - top, c0 - left, hw)
         return [] if hit is None else [(n, *hit)]
     if kind == "conv":
         w, (sh, sw), (ph, pw), dil, groups = p["w"], p["stride"], p["padding"], p["dilation"], p["groups"]
@@ -269,7 +249,7 @@ def _backward(op: Op, g: torch.Tensor, r0: int, c0: int, shapes: dict):
             if groups > 1:  # depthwise/grouped: the channels-last kernel is ~2x faster on CPU
                 g = g.contiguous(memory_format=torch.channels_last)
             gi = F.conv_transpose2d(g, w.to(g.dtype), stride=(sh, sw), dilation=dil, groups=groups)
-        hit = _clip(gi, r0 * sh - ph, c0 * sw - pw, hw)
+        hit = clip_window(gi, r0 * sh - ph, c0 * sw - pw, hw)
         return [] if hit is None else [(n, *hit)]
     raise AssertionError(f"internal: no backward for {kind}")
 
@@ -352,7 +332,7 @@ def compose(tape: Tape, src_node: int, dst_node: int, target: tuple[int, int], u
         if hit is None:
             continue
         g, r0, c0 = hit
-        cut = _clip(g, r0 - start[0], c0 - start[1], size)
+        cut = clip_window(g, r0 - start[0], c0 - start[1], size)
         if cut is not None:
             g, a, b = cut
             out[s:s + len(us), :, a:a + g.shape[-2], b:b + g.shape[-1]] = g

@@ -57,28 +57,38 @@ def box_of(g: torch.Tensor) -> Box | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _pair(v) -> tuple[int, int] | None:
+def pair(v) -> tuple[int, int] | None:
+    """An int or a 1-/2-sequence of ints (a conv's stride, padding, ...) as ``(h, w)``; ``None`` otherwise."""
     if isinstance(v, int) and not isinstance(v, bool):
         return v, v
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
-        return int(v[0]), int(v[1])
-    if isinstance(v, (tuple, list)) and len(v) == 1 and isinstance(v[0], int):
-        return int(v[0]), int(v[0])
+    if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(isinstance(i, int) for i in v):
+        return int(v[0]), int(v[-1])
     return None
+
+
+def clip_window(g: torch.Tensor, r0: int, c0: int, hw: tuple[int, int]):
+    """Cut a window ``g`` ``[..., h, w]`` whose first row/column is map position ``(r0, c0)`` to the map
+    ``hw``: ``(window, r0, c0)`` of what is inside, or ``None`` if nothing is."""
+    H, W = hw
+    h, w = g.shape[-2:]
+    a, b = max(0, -r0), min(h, H - r0)
+    c, d = max(0, -c0), min(w, W - c0)
+    if b <= a or d <= c:
+        return None
+    if (a, b, c, d) != (0, h, 0, w):
+        g = g[..., a:b, c:d]
+    return g, r0 + a, c0 + c
 
 
 def _place(gi: torch.Tensor, top: int, left: int, hw: tuple[int, int]) -> torch.Tensor:
     """Put a gradient window whose first row/column is input position ``(top, left)`` into a zero map
     ``hw``; rows/columns of the window outside the map (conv padding) are cut."""
     H, W = hw
-    h, w = gi.shape[-2:]
-    r_lo, r_hi = min(max(0, -top), h), max(0, min(h, H - top))
-    c_lo, c_hi = min(max(0, -left), w), max(0, min(w, W - left))
-    if r_hi <= r_lo or c_hi <= c_lo:  # the window lies in the padding: zero gradient
-        r_lo = r_hi = c_lo = c_hi = 0
-        top = left = 0
-    gi = gi[..., r_lo:r_hi, c_lo:c_hi]
-    return F.pad(gi, (left + c_lo, W - left - c_hi, top + r_lo, H - top - r_hi))
+    hit = clip_window(gi, top, left, hw)
+    if hit is None:  # the window lies in the padding: zero gradient
+        hit = gi[..., :0, :0], 0, 0
+    gi, top, left = hit
+    return F.pad(gi, (left, W - left - gi.shape[-1], top, H - top - gi.shape[-2]))
 
 
 class ConeConv2d(torch.autograd.Function):
@@ -134,7 +144,7 @@ def conv_geometry(w: torch.Tensor, stride, padding, dilation) -> tuple | None:
     padding other than "valid")."""
     if padding == "valid":
         padding = 0
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    s, p, d = pair(stride), pair(padding), pair(dilation)
     if s is None or p is None or d is None or w.dim() != 4:
         return None
     return s, p, d

@@ -61,6 +61,8 @@ __all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rank
 _MAX_SIZE = 1024        # largest input side tried when searching for an untruncated field
 _MAX_PATHS = 64         # per-path contributions: most routes enumerated
 _COMPOSE = True         # compose recorded ops on cropped tensors when possible (else: autograd path)
+# what a composer failure can raise: then the autograd path (the reference) or the structural probe runs
+_COMPOSE_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, AssertionError)
 _GRAD_BUDGET = 16 * 2**20    # bytes of batched gradient buffers per chunk of units on a CPU (cache-sized)
 
 
@@ -429,31 +431,20 @@ def _tape_probe(model, src, dst, size, target=None) -> ReceptiveField | None:
     out, z = trace.dst_out, trace.z
     if out.dim() != 4 or z is None or z.dim() != 4 or trace.src_node is None or trace.dst_node is None:
         return None
-    hd, wd = out.shape[-2:]
-    t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
-    if not (0 <= t[0] < hd and 0 <= t[1] < wd):
-        raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
+    t = _target_position(out, target, dst)
     try:
         box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
-    except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
-        box = False
+        nxt = None
+        if box and t[0] + 1 < out.shape[-2] and t[1] + 1 < out.shape[-1]:
+            nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
+    except _COMPOSE_ERRORS:
+        return None
     if box is False:
         return None
     src_shape, dst_shape = tuple(z.shape[1:]), tuple(out.shape[1:])
     if box is None:   # the target reads only padding at this input size
-        return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True)
-    r0, r1, c0, c1 = box
-    stride = None
-    if t[0] + 1 < hd and t[1] + 1 < wd:
-        try:
-            nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
-        except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
-            return None
-        if nxt:
-            stride = (nxt[0] - r0, nxt[2] - c0)
-    hs, ws = z.shape[-2:]
-    touching = r0 == 0 or c0 == 0 or r1 == hs or c1 == ws
-    return ReceptiveField((r1 - r0, c1 - c0), stride, (r0, c0), t, size, src_shape, dst_shape, touching)
+        return _padding_only(t, size, src_shape, dst_shape)
+    return _rf_from_box(box, nxt, t, size, src_shape, dst_shape)
 
 
 def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
@@ -465,12 +456,9 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
     dst_shape = tuple(out.shape[1:])
     src_shape = tuple(z.shape[1:])
     if out.dim() == 4:
-        hd, wd = out.shape[-2:]
-        t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
-        if not (0 <= t[0] < hd and 0 <= t[1] < wd):
-            raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
+        t = _target_position(out, target, dst)
         ys = [out[0, :, t[0], t[1]].sum()]
-        if t[0] + 1 < hd and t[1] + 1 < wd:
+        if t[0] + 1 < out.shape[-2] and t[1] + 1 < out.shape[-1]:
             ys.append(out[0, :, t[0] + 1, t[1] + 1].sum())
     elif out.dim() == 2:
         t = None
@@ -487,20 +475,35 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
             raise WeightvizError(f"layer {dst!r} does not depend on {src!r}")
         return ReceptiveField((1, 1), (1, 1) if len(ys) > 1 else None, (0, 0), t, size, src_shape, dst_shape,
                               cones=cones)
-    boxes = []
-    for k in range(len(ys)):
-        mask = g[k][0].abs().sum(0) > 0
-        rows = torch.nonzero(mask.any(1)).flatten()
-        cols = torch.nonzero(mask.any(0)).flatten()
-        if rows.numel() == 0:   # the target reads only padding at this input size
-            return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True, cones=cones)
-        boxes.append((int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
-    r0, r1, c0, c1 = boxes[0]
-    hs, ws = z.shape[-2:]
-    touching = r0 == 0 or c0 == 0 or r1 == hs - 1 or c1 == ws - 1
-    stride = (boxes[1][0] - r0, boxes[1][2] - c0) if len(boxes) > 1 else None
-    return ReceptiveField((r1 - r0 + 1, c1 - c0 + 1), stride, (r0, c0), t, size, src_shape, dst_shape, touching,
+    boxes = [_cone.box_of(gk) for gk in g]
+    if None in boxes:   # the target (or its neighbour) reads only padding at this input size
+        return _padding_only(t, size, src_shape, dst_shape, cones)
+    return _rf_from_box(boxes[0], boxes[1] if len(boxes) > 1 else None, t, size, src_shape, dst_shape, cones)
+
+
+def _target_position(out: torch.Tensor, target, dst: str) -> tuple[int, int]:
+    """The ``dst`` position whose field is measured: ``target``, or the centre of the ``[1, C, H, W]`` map."""
+    hd, wd = out.shape[-2:]
+    t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
+    if not (0 <= t[0] < hd and 0 <= t[1] < wd):
+        raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
+    return t
+
+
+def _rf_from_box(box, nxt, t, size, src_shape, dst_shape, cones=()) -> ReceptiveField:
+    """The field from the half-open box ``(r0, r1, c0, c1)`` of ``src`` positions reaching ``dst[t]`` and
+    the box of the next position ``t + (1, 1)`` (``None``: no stride known)."""
+    r0, r1, c0, c1 = box
+    hs, ws = src_shape[-2:]
+    touching = r0 == 0 or c0 == 0 or r1 == hs or c1 == ws
+    stride = (nxt[0] - r0, nxt[2] - c0) if nxt else None
+    return ReceptiveField((r1 - r0, c1 - c0), stride, (r0, c0), t, size, src_shape, dst_shape, touching,
                           cones=cones)
+
+
+def _padding_only(t, size, src_shape, dst_shape, cones=()) -> ReceptiveField:
+    """The field of a target that reads only padding at this input size (empty, truncated)."""
+    return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True, cones=cones)
 
 
 def _structure_stamp(model: nn.Module) -> int:
@@ -649,7 +652,7 @@ def _composed(trace: _Trace, tape: _compose.Tape, units, rf: ReceptiveField) -> 
     try:
         return _compose.compose(tape, trace.src_node, trace.dst_node, rf.target, list(units), rf.start, rf.size,
                                 trace.dst_out.dtype, trace.dst_out.device)
-    except (RuntimeError, ValueError, IndexError, KeyError, AssertionError):
+    except _COMPOSE_ERRORS:
         return None  # an op combination the composer does not handle: the autograd path is the reference
 
 
