@@ -174,6 +174,18 @@ def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
     return obj
 
 
+def _inplace_method(key: str) -> bool:
+    """``relu_``, ``add_``, ...: the in-place form of a method (not a dunder such as ``__add__``)."""
+    return key.endswith("_") and not key.startswith("__")
+
+
+def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) -> bool:
+    """An activation/gate call that works in place: ``x.relu_()``, or ``inplace=True`` (keyword, or
+    positional at ``inplace_index``)."""
+    return _inplace_method(key) or (inplace_index is not None
+                                    and bool(_arg(args, kwargs, inplace_index, "inplace", False)))
+
+
 def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any = None) -> Any:
     if name in kwargs:
         return kwargs[name]
@@ -303,13 +315,10 @@ class Linearizer(TorchFunctionMode):
         name = key
         x = args[0] if args else None
         # -- activations -> identity
-        base = name[:-1] if name.endswith("_") and not name.startswith("__") else name
+        base = name[:-1] if _inplace_method(name) else name
         if base in _IDENTITY_INPLACE_ARG and self.is_tracked(x):
             self._only_first(func, args, kwargs)
-            inplace = name.endswith("_") and not name.startswith("__")
-            if not inplace and _IDENTITY_INPLACE_ARG[base] is not None:
-                inplace = bool(_arg(args, kwargs, _IDENTITY_INPLACE_ARG[base], "inplace", False))
-            if inplace:
+            if _is_inplace(name, _IDENTITY_INPLACE_ARG[base], args, kwargs):
                 return x
             out = x.clone()
             self.track(out)
@@ -319,10 +328,7 @@ class Linearizer(TorchFunctionMode):
         # -- gates -> constant
         if base in _GATE_INPLACE_ARG and self.is_tracked(x):
             self._only_first(func, args, kwargs)
-            inplace = name.endswith("_") and not name.startswith("__")
-            if not inplace and _GATE_INPLACE_ARG[base] is not None:
-                inplace = bool(_arg(args, kwargs, _GATE_INPLACE_ARG[base], "inplace", False))
-            if inplace:
+            if _is_inplace(name, _GATE_INPLACE_ARG[base], args, kwargs):
                 try:
                     x.detach_()
                 except RuntimeError:
@@ -403,7 +409,7 @@ class Linearizer(TorchFunctionMode):
             return out
         before = {id(t): self._nodes.get(id(t)) for t in _leaves((args, kwargs)) if self.is_tracked(t)}
         key = _key(func)
-        if (key.endswith("_") and not key.startswith("__") or key.startswith("__i") or key == "__setitem__") \
+        if (_inplace_method(key) or key.startswith("__i") or key == "__setitem__") \
                 and self._shares_storage(args[0] if args else None):
             # an in-place op on a tensor that shares memory with another tracked tensor (a view, or the base
             # of one) changes that one too, which the tape cannot follow: the autograd path must be used
