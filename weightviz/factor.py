@@ -202,7 +202,7 @@ _FILL = 0.01
 
 
 def _hals(X: torch.Tensor, A: torch.Tensor, H: torch.Tensor, iters: int, tol: float):
-    """Batched HALS: per iteration, form ``A^T X``, ``A^T A`` and update the rows of ``H`` one at a time,
+    """Batched HALS from the starts ``A``, ``H``, which are overwritten with the results. Per iteration, form ``A^T X``, ``A^T A`` and update the rows of ``H`` one at a time,
     then form ``X H^T``, ``H H^T`` and update the columns of ``A``. Every 5 iterations, matrices whose
     error improved by at most the fraction ``tol`` are frozen and dropped from the batch.
 
@@ -211,8 +211,7 @@ def _hals(X: torch.Tensor, A: torch.Tensor, H: torch.Tensor, iters: int, tol: fl
     (Several inner sweeps per product, as in "accelerated HALS", were slower here: the sweeps over
     ``[B, N]`` rows cost as much as the products on CPU.)"""
     idx = torch.arange(X.shape[0], device=X.device)
-    b = _HalsBatch(X.contiguous(), A.clone(), H.clone())
-    A, H = A.clone(), H.clone()  # the results; frozen matrices are copied here
+    b = _HalsBatch(X.contiguous(), A.clone(), H.clone())  # A, H (the caller's fresh starts) get the results
     prev = None
     for it in range(iters):
         b.sweep()
@@ -252,7 +251,7 @@ class _HalsBatch:
         self.gH, self.gA = new(b, 1, N), new(b, M, 1)
         self.At = self.A.mT
         ks = range(r)
-        # per component k: (row of H, its gradient terms, 1/diag) and (column of A, ...)
+        # per component k: (row of H, its gradient terms, diagonal entry) and (column of A, ...)
         self.h_views = [(self.H[:, k:k + 1], self.AtX[:, k:k + 1], self.AtA[:, k:k + 1], self.dH[:, k:k + 1])
                         for k in ks]
         self.a_views = [(self.A[..., k:k + 1], self.HXt[:, k:k + 1].mT, self.HHt[:, :, k:k + 1],
