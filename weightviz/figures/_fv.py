@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import WeightvizError
 
-__all__ = ["FVBatch", "FVOptions"]
+__all__ = ["FVBatch", "FVOptions", "fv_options"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class FVOptions:
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)
                                        or self.steps < 1):
             raise WeightvizError(f"FV steps must be a positive integer or None (render default), got {self.steps!r}")
+
+
+def fv_options(size: int, steps: int | None, seed: int, cache: Any, progress: bool, fv: bool) -> FVOptions:
+    """The :class:`FVOptions` of a figure from its keyword arguments (every figure has the same ones)."""
+    return FVOptions(size=size, steps=steps, seed=seed, cache=cache, progress=progress, enabled=bool(fv))
 
 
 class FVBatch:

@@ -27,17 +27,13 @@ from ..errors import WeightvizError
 from ..models import layers, resolve
 from . import register_figure
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, FVOptions
+from ._fv import FVBatch, FVOptions, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas, fade_to_white
 from ._wiring import connection, units_of
 
 __all__ = ["expanded", "family_grid", "small_multiples", "spatial_positions", "top_inputs"]
 
 _SIGN_MARK = {1: ("exc", EXCITATORY), -1: ("inh", INHIBITORY), 0: ("zero", "#999999")}
-
-
-def _fv_options(size: int, steps: int | None, seed: int, cache: Any, progress: bool, fv: bool) -> FVOptions:
-    return FVOptions(size=size, steps=steps, seed=seed, cache=cache, progress=progress, enabled=bool(fv))
 
 
 def _one_unit(model: nn.Module, layer: str, unit: Any) -> int:
@@ -145,7 +141,7 @@ def top_inputs(
     >>> fig = top_inputs("efficientnet_lite0", "blocks.3.0", 5, src="blocks.2.0", k=8)  # doctest: +SKIP
     >>> fig.data["inputs"][:3], fig.save("top_inputs.png")                            # doctest: +SKIP
     """
-    opts = _fv_options(size, steps, seed, cache, progress, fv)
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     return _top_inputs_figure(model, layer, unit, src, k, ncols, opts, "top-inputs")
 
 
@@ -173,7 +169,7 @@ def expanded(
     """
     if not isinstance(src, str):
         raise WeightvizError(f"expanded weights need a source layer name src, got {src!r}")
-    opts = _fv_options(size, steps, seed, cache, progress, fv)
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     return _top_inputs_figure(model, dst, unit, src, k, ncols, opts, "expanded")
 
 
@@ -274,7 +270,7 @@ def small_multiples(
     model = resolve(model)
     out_units = units_of(model, dst, units)
     in_units = None if inputs is None else _input_units(model, src, dst, inputs)
-    opts = _fv_options(size, steps, seed, cache, progress, fv)
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     cv, data = _weight_grid(model, src, dst, out_units, in_units, False, opts, "small-multiples", _check_k(k))
     title = f"small multiples: {dst} \u2190 {_source_text(src, data['input_layer'])}"
     return cv.figure(data, title=title)
@@ -304,7 +300,7 @@ def family_grid(
     model = resolve(model)
     out_units = units_of(model, dst, dst_units)
     in_units = _input_units(model, src, dst, src_units)
-    opts = _fv_options(size, steps, seed, cache, progress, fv)
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     cv, data = _weight_grid(model, src, dst, out_units, in_units, True, opts, "family-grid", len(in_units))
     title = f"family grid: {data['input_layer']} \u2192 {dst} ({'expanded' if src else 'direct'} weights)"
     return cv.figure(data, title=title)
@@ -378,7 +374,7 @@ def spatial_positions(
     max_size = _check_k(max_size, "max_size")
     if not 0 <= float(min_fade) < 1:
         raise WeightvizError(f"min_fade must be in [0, 1), got {min_fade!r}")
-    opts = _fv_options(size, steps, seed, cache, progress, fv)
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     W, in_layer = connection(model, src, layer, [unit])
     w = W[0]  # [C_in, K, K]
     norms = w.norm(dim=0)  # [K, K]

@@ -15,7 +15,7 @@ from ..errors import WeightvizError
 from ..models import resolve
 from . import register_figure
 from ._core import Figure, shared_scale
-from ._fv import FVOptions
+from ._fv import fv_options
 from ._layout import LABEL_H, Canvas
 from ._wiring import connection, units_of
 
@@ -91,7 +91,7 @@ def weight_factors(
         raise WeightvizError(f"n_factors must be an integer in 1..12, got {n_factors!r}")
     if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 0:
         raise WeightvizError(f"n_top must be an integer >= 0, got {n_top!r}")
-    opts = FVOptions(size=size, steps=steps, seed=seed, cache=cache, progress=progress, enabled=bool(fv))
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     W, in_layer = connection(model, src, dst, fam)  # [N, C_in, K, K]
     if not bool(W.abs().sum() > 0):
         raise WeightvizError(f"the weights from {in_layer!r} into units {fam} of {dst!r} are all zero; "

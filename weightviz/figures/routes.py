@@ -19,7 +19,7 @@ from ..errors import WeightvizError
 from ..models import resolve
 from . import register_figure
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, FVOptions
+from ._fv import FVBatch, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
 from ._wiring import units_of
 
@@ -76,7 +76,7 @@ def paths(
         raise WeightvizError(f"n_routes must be a positive integer, got {n_routes!r}")
     (unit,) = _single(model, dst, unit)
     (src_unit,) = _single(model, src, src_unit)
-    opts = FVOptions(size=size, steps=steps, seed=seed, cache=cache, progress=progress, enabled=bool(fv))
+    opts = fv_options(size, steps, seed, cache, progress, fv)
 
     res = expanded_weights(model, src, dst, units=[unit], via=mid)
     contrib = res.via[0, :, src_unit].detach().float().cpu()  # [C_mid, K, K]
