@@ -57,6 +57,11 @@ _EXPORTS: dict[str, str] = {
     "images": "imageset",
     "ImageSet": "imageset",
     "as_images": "imageset",
+    # dataset examples and best-case excitation
+    "top_examples": "examples",
+    "TopExamples": "examples",
+    "best_case": "bestcase",
+    "BestCase": "bestcase",
     # analysis
     "banding_score": "metrics",
     "banding_test": "metrics",

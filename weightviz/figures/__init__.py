@@ -26,6 +26,7 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 
 # figure modules register themselves on import (after FIGURES and register_figure exist)
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
+from .examples import top_examples  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
 from .routes import paths  # noqa: E402
 from .weights import first_conv, nmf_grid, rgb_weights_grid  # noqa: E402
@@ -49,6 +50,7 @@ __all__ = [
     "rgb_weights_grid",
     "small_multiples",
     "spatial_positions",
+    "top_examples",
     "top_inputs",
     "weight_factors",
 ]

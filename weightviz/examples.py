@@ -1,0 +1,197 @@
+"""Dataset examples: the images of a set that activate one unit most, cropped to what the unit sees.
+
+``top_examples(model, layer, unit, images, k=9)`` runs the images through the model in batches (each
+forward stops right after ``layer``), scores every image by the unit's activation and returns the ``k``
+highest with the crop of their receptive field at the position where the unit fired: the other half of a
+neuron page, next to its feature visualization.
+
+Activation of a channel unit on one image, ``position=``:
+
+- ``"max"`` (default): the maximum over positions of the layer output ``out[unit, y, x]``, and the
+  position ``(y, x)`` where it is reached (the first one in row-major order on ties);
+- ``"centre"``: the value at the centre ``((H - 1) // 2, (W - 1) // 2)`` of the output map.
+
+The layer output is what the module returns (a conv: pre-activation; a block: its output). A unit of a
+layer without spatial axes (``[B, C]``) scores ``out[unit]`` and its crop is the whole image.
+
+>>> import weightviz as wv
+>>> top = wv.top_examples("lite0", "blocks.4.0", 7, wv.images(n=64))   # doctest: +SKIP
+>>> top.images.shape, top.values[:3]                                    # doctest: +SKIP
+(torch.Size([9, 3, 211, 211]), tensor([6.1, 5.8, 5.2]))
+>>> top.figure().save("examples.png")                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _crops
+from .errors import WeightvizError
+from .models import get_module, resolve
+
+__all__ = ["TopExamples", "top_examples"]
+
+_POSITIONS = ("max", "centre")
+
+
+@dataclass
+class TopExamples:
+    """The examples of an image set that activate a unit most (strongest first).
+
+    ``images``: crops ``[k, 3, h, w]`` in [0, 1] for display (the unit's receptive field at ``positions``;
+    ``h, w`` = the field's size, at most the image size); ``values``: activations ``[k]``, descending;
+    ``indices``: ``[k]`` indices into the image set; ``positions``: ``[k, 2]`` output positions ``(y, x)``
+    of the layer (``-1`` for a layer without spatial axes); ``boxes``: ``[k, 4]`` image boxes
+    ``(r0, r1, c0, c1)`` cropped. Only examples on which the unit fires (activation > 0) are kept, so
+    ``k`` may be smaller than asked; ``fires`` is False when the unit fires on none of the ``n_images``
+    (``max_value`` is then its largest activation, <= 0, and there are no examples).
+    """
+
+    layer: str
+    unit: int
+    images: torch.Tensor
+    values: torch.Tensor
+    indices: torch.Tensor
+    positions: torch.Tensor
+    boxes: torch.Tensor
+    n_images: int
+    max_value: float
+    position: str = "max"
+    model_name: str = field(default="", repr=False)
+
+    @property
+    def fires(self) -> bool:
+        return self.max_value > 0
+
+    def __len__(self) -> int:
+        return int(self.values.numel())
+
+    def figure(self, ncols: int | None = None, **kwargs: Any):
+        """The examples as a grid of crops labelled with their activation (:func:`weightviz.figures.top_examples`)."""
+        from .figures.examples import examples_figure
+
+        return examples_figure(self, ncols=ncols, **kwargs)
+
+
+def _check(model: nn.Module, layer: Any, unit: Any, k: Any, position: Any, batch_size: Any) -> None:
+    if not isinstance(layer, str):
+        raise WeightvizError(f"layer must be a layer name (see `weightviz layers MODEL`), got {layer!r}")
+    get_module(model, layer)  # unknown names fail with close matches
+    for name, v in (("unit", unit), ("k", k), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "unit" else 1):
+            raise WeightvizError(f"{name} must be a {'non-negative' if name == 'unit' else 'positive'} integer, "
+                                 f"got {v!r}")
+    if position not in _POSITIONS:
+        raise WeightvizError(f"position must be one of {', '.join(_POSITIONS)}, got {position!r}")
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def unit_scores(model: nn.Module, layer: str, unit: int, images, *, position: str = "max", batch_size: int = 32,
+                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """Activation of ``unit`` on every image: ``values`` ``[N]``, ``positions`` ``[N, 2]`` (``(y, x)``
+    of the layer output; ``-1`` without spatial axes) and the layer's output shape ``(C, H, W)`` or
+    ``(C,)``. One batched forward per ``batch_size`` images, stopped after ``layer``."""
+    from .optvis._hooks import activations
+
+    device, dtype = _device_dtype(model)
+    vals, poss = [], []
+    shape: tuple = ()
+    done, total = 0, len(images)
+    with torch.inference_mode(False), torch.no_grad():
+        for x in images.batches(batch_size):
+            out = activations(model, x.to(device=device, dtype=dtype), layer)[layer]
+            shape = tuple(out.shape[1:])
+            if unit >= shape[0]:
+                raise WeightvizError(f"unit {unit} out of range: layer {layer!r} has {shape[0]} channels "
+                                     f"(0..{shape[0] - 1})")
+            a = out[:, unit].float()
+            if a.dim() == 1:                       # [B]: no positions
+                vals.append(a.cpu())
+                poss.append(torch.full((a.shape[0], 2), -1, dtype=torch.long))
+            elif a.dim() == 3:                     # [B, H, W]
+                h, w = a.shape[-2:]
+                if position == "centre":
+                    y, x_ = (h - 1) // 2, (w - 1) // 2
+                    vals.append(a[:, y, x_].cpu())
+                    poss.append(torch.tensor([[y, x_]], dtype=torch.long).expand(a.shape[0], 2).clone())
+                else:
+                    v, i = a.flatten(1).max(dim=1)     # first maximum in row-major order
+                    vals.append(v.cpu())
+                    poss.append(torch.stack([i // w, i % w], dim=1).cpu())
+            else:
+                raise WeightvizError(f"layer {layer!r} outputs {list(out.shape)}; dataset examples need "
+                                     "[B, C, H, W] or [B, C]")
+            done += x.shape[0]
+            if progress is not None:
+                progress(done, total)
+    return torch.cat(vals), torch.cat(poss), shape
+
+
+def top_examples(
+    model: nn.Module | str | None,
+    layer: str,
+    unit: int,
+    images: Any = None,
+    k: int = 9,
+    *,
+    position: str = "max",
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> TopExamples:
+    """The ``k`` images of ``images`` that activate ``unit`` of ``layer`` most, with crops of their
+    receptive field at the most active position.
+
+    ``images``: an :class:`weightviz.ImageSet`, a folder path, a tensor ``[N, C, H, W]`` prepared for the
+    model, or ``None`` (the embedded natural images; see :func:`weightviz.as_images`). Square images are
+    needed for the crops. ``position``: ``"max"`` (activation = max over the output map) or ``"centre"``
+    (see the module docstring). ``progress(done, total)`` is called after each batch.
+
+    Returns :class:`TopExamples` (``.images`` ``[k, 3, h, w]`` in [0, 1], ``.values`` descending,
+    ``.indices``, ``.positions``, ``.figure()``). A unit that fires on none of the images (every
+    activation <= 0) gives a warning and a result without examples (``.fires`` False).
+    """
+    from .imageset import as_images
+    from .models import model_name
+
+    model = resolve(model)
+    _check(model, layer, unit, k, position, batch_size)
+    imgs = as_images(images, model)
+    values, positions, shape = unit_scores(model, layer, unit, imgs, position=position, batch_size=batch_size,
+                                           progress=progress)
+    order = torch.sort(values, descending=True, stable=True).indices
+    max_value = float(values[order[0]])
+    keep = [int(i) for i in order[:k] if float(values[i]) > 0]
+    if not keep:
+        warnings.warn(f"unit {unit} of {layer!r} never fires on these {len(imgs)} images (largest activation "
+                      f"{max_value:.4g} <= 0): no dataset examples", UserWarning, stacklevel=2)
+    first = imgs.raw(0)
+    size = tuple(first.shape[-2:])
+    spatial = len(shape) == 3
+    canvas = _crops.canvas_size(model, layer, size, spatial) if keep else size
+    crops, boxes = [], []
+    for i in keep:
+        target = tuple(int(v) for v in positions[i]) if spatial else None
+        box = _crops.field_box(model, layer, size, target)
+        crops.append(_crops.crop_field(imgs.raw(i), box, canvas))
+        boxes.append(box)
+    idx = torch.tensor(keep, dtype=torch.long)
+    return TopExamples(
+        layer=layer, unit=unit,
+        images=torch.stack(crops) if crops else torch.zeros(0, 3, *canvas),
+        values=values[idx] if keep else torch.zeros(0),
+        indices=idx, positions=positions[idx] if keep else torch.zeros(0, 2, dtype=torch.long),
+        boxes=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4), n_images=len(imgs), max_value=max_value,
+        position=position, model_name=model_name(model),
+    )
