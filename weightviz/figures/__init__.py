@@ -25,6 +25,7 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 
 
 # figure modules register themselves on import (after FIGURES and register_figure exist)
+from .bestcase import best_case  # noqa: E402
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
 from .examples import top_examples  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
@@ -37,6 +38,7 @@ __all__ = [
     "FIGURES",
     "Figure",
     "as_images",
+    "best_case",
     "expanded",
     "factorize_family",
     "family_grid",

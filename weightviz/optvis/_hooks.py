@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import WeightvizError
 from ..models import get_module
 
-__all__ = ["Capture", "RedirectReLU", "frozen"]
+__all__ = ["Capture", "RedirectReLU", "SmoothReLU", "frozen"]
 
 
 class _StopForward(BaseException):
@@ -48,10 +48,14 @@ class Capture:
 
     ``run(x)`` feeds ``x`` through the model and returns ``{layer: output}``. The forward stops (private
     exception from the hook) as soon as every target layer has produced its output, so nothing after
-    the deepest target layer is computed. Outputs are *cloned* while later layers still run, because a
-    later in-place op (``ReLU(inplace=True)`` in torchvision/timm, timm's ``BatchNormAct2d`` applying its
-    activation in place to the tensor its ``drop`` submodule returned) would overwrite the tensor the
-    hook saw; the last captured layer is never followed by anything, so it needs no copy.
+    the deepest target layer is computed. A captured layer that later layers still use passes a *clone*
+    of its output on (the hook's return value replaces the module's output), because a later in-place op
+    (``ReLU(inplace=True)`` in torchvision/timm, timm's ``BatchNormAct2d`` applying its activation in place
+    to the tensor its ``drop`` submodule returned) would overwrite the tensor the hook saw; the kept tensor
+    is what the rest of the forward is computed from, so later captured layers are differentiable
+    functions of it (``torch.autograd.grad(acts[dst], acts[src])`` works: gradient objectives). An output
+    that shares memory with the module's input (an identity-like module) is copied first. The last
+    captured layer is never followed by anything, so it needs no copy.
     A module called several times in one forward reports its *first* call.
     """
 
@@ -82,7 +86,7 @@ class Capture:
         self._store = {}
 
     def _hook(self, name: str):
-        def hook(_module, _inputs, output):
+        def hook(_module, inputs, output):
             store = self._store
             if not self._active or name in store:
                 return None
@@ -91,11 +95,14 @@ class Capture:
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; choose a layer with a tensor "
                     "output (e.g. one of its submodules)"
                 )
-            last = len(store) == len(self.layers) - 1
-            store[name] = output if last else output.clone()
-            if last:
+            if len(store) == len(self.layers) - 1:
+                store[name] = output
                 raise _StopForward
-            return None
+            aliased = any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr()
+                          == output.untyped_storage().data_ptr() for t in inputs)
+            kept = output.clone() if aliased else output
+            store[name] = kept
+            return kept.clone()
 
         return hook
 
@@ -198,4 +205,42 @@ class RedirectReLU(TorchFunctionMode):
                 lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
                 hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
                 return _RedirectedClamp.apply(x, lo, hi)
+        return func(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ smooth ReLU
+def _softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
+    return F.softplus(x, beta=beta, threshold=20.0)
+
+
+class SmoothReLU(TorchFunctionMode):
+    """While active, every ``relu`` / ``relu6`` / ``hardtanh`` call on a tensor that requires grad runs as
+    its softplus smoothing of sharpness ``beta``, out of place: ``relu(x) -> softplus_beta(x)``,
+    ``clamp(x, lo, hi) -> lo + softplus_beta(x - lo) - softplus_beta(x - hi)`` (``relu6``: 0 and 6).
+
+    For *second-order* objectives (a gradient of the model, as in :func:`weightviz.best_case`): through
+    piecewise-linear activations a gradient is piecewise constant in the input, so its own gradient is
+    zero almost everywhere and nothing can be optimized; with the smoothing the activation masks become
+    ``sigmoid(beta * x)`` and move with the input. ``beta`` grows during a render so the surrogate
+    approaches the real model, and final values are always measured on the real model. ``beta`` may be
+    changed between forwards (attribute).
+    """
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        x = args[0] if args else kwargs.get("input")
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            b = self.beta
+            if func in RedirectReLU._RELU or func in RedirectReLU._RELU_INPLACE_F:
+                return _softplus(x, b)
+            if func is F.relu6:
+                return _softplus(x, b) - _softplus(x - 6.0, b)
+            if func in RedirectReLU._HARDTANH:
+                lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+                hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+                return lo + _softplus(x - lo, b) - _softplus(x - hi, b)
         return func(*args, **kwargs)

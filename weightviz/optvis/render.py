@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import input_spec, model_hash, resolve
-from ._hooks import Capture, RedirectReLU, activations, frozen
+from ._hooks import Capture, RedirectReLU, SmoothReLU, activations, frozen
 from .cache import RenderCache
 from .image import grid, save_png, to_uint8
 from .objectives import Objective
@@ -145,6 +145,7 @@ def render(
     transforms: TransformConfig | None = TransformConfig(),
     decorrelate: bool = True,
     callback: Callable[[int, torch.Tensor, list[int]], None] | None = None,
+    smooth_relu: tuple[float, float] | None = None,
 ) -> RenderResult:
     """Feature-visualize one objective or a list of objectives (one image each, rendered as batches).
 
@@ -156,6 +157,10 @@ def render(
     with redirected ReLU gradients. ``transforms``: random transform ranges (``None``: no transforms).
     ``callback(step, images, indices)``: called after every step (``step`` from 1) with the current
     images ``[b, C, size, size]`` (detached) of the objectives at ``indices`` (not for cached items).
+    ``smooth_relu=(beta0, beta1)``: optimize through softplus-smoothed ReLU/ReLU6/hardtanh whose sharpness
+    grows geometrically from ``beta0`` to ``beta1`` over the steps (:class:`._hooks.SmoothReLU`): needed
+    by objectives that are gradients of the model (second order), which are flat through piecewise-linear
+    activations; the final ``values`` are measured on the real model.
 
     Returns :class:`RenderResult` with ``images`` ``[B, C, size, size]`` in [0, 1] (``C`` = channels of
     the model's first conv) and ``values`` ``[B]``. The model is left as it was (mode, weights,
@@ -180,6 +185,7 @@ def render(
         raise WeightvizError(f"redirect_steps must be an integer >= 0, got {redirect_steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise WeightvizError(f"lr must be a positive number, got {lr!r}")
+    smooth_relu = _betas(smooth_relu)
     model = resolve(model)
     spec = input_spec(model)
     store = _resolve_cache(cache)
@@ -196,6 +202,8 @@ def render(
         "transforms": transforms.key() if transforms is not None else None,
         "channels": spec.channels, "mean": spec.mean, "std": spec.std,
     }
+    if smooth_relu is not None:  # only when used: cache keys of ordinary renders stay as they were
+        params["smooth_relu"] = list(smooth_relu)
     keys = [RenderCache.key(model_hash(model), o.key, params) for o in objs] if store is not None else [None] * len(objs)
 
     images: list[torch.Tensor | None] = [None] * len(objs)
@@ -221,7 +229,8 @@ def render(
         for idx in chunks:
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
                                        redirect_steps, transforms, decorrelate, advance,
-                                       None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)))
+                                       None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)),
+                                       smooth_relu)
             for j, i in enumerate(idx):
                 images[i], values[i] = imgs[j], float(vals[j])
                 if store is not None:
@@ -251,8 +260,29 @@ def _probe_shapes(model: nn.Module, layer_names: list[str], channels: int, size:
     return {k: tuple(v.shape[1:]) for k, v in acts.items()}
 
 
+def _betas(smooth) -> tuple[float, float] | None:
+    if smooth is None:
+        return None
+    try:
+        b0, b1 = (float(v) for v in smooth)
+    except (TypeError, ValueError):
+        raise WeightvizError(f"smooth_relu must be None or (beta0, beta1), got {smooth!r}") from None
+    if not (0 < b0 < float("inf") and 0 < b1 < float("inf")):
+        raise WeightvizError(f"smooth_relu sharpnesses must be positive and finite, got {smooth!r}")
+    return b0, b1
+
+
+def _relu_mode(step: int, steps: int, redirect_steps: int, smooth):
+    """The activation mode of one step: smoothed ReLUs (second-order objectives), the ReLU redirect
+    (first ``redirect_steps``) or none."""
+    if smooth is not None:
+        b0, b1 = smooth
+        return SmoothReLU(b0 * (b1 / b0) ** (step / max(steps - 1, 1)))
+    return RedirectReLU() if step < redirect_steps else contextlib.nullcontext()
+
+
 def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance,
-                  callback=None):
+                  callback=None, smooth=None):
     device, dtype = _device_dtype(model)
     g = torch.Generator().manual_seed(seed)
     param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
@@ -269,7 +299,7 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
             if transforms is not None:
                 img = apply_transform(img, sample_transform(transforms, g), transforms.pad_value)
             x = spec.normalize(img).to(dtype)
-            with RedirectReLU() if step < redirect_steps else contextlib.nullcontext():
+            with _relu_mode(step, steps, redirect_steps, smooth):
                 acts = cap.run(x)
                 loss = -evaluate(acts).sum()
                 opt.zero_grad(set_to_none=True)
@@ -281,5 +311,8 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
                     callback(step + 1, param.image().detach())
         with torch.no_grad():
             final = param.image()
-            vals = evaluate(cap.run(spec.normalize(final).to(dtype)))
-    return final.detach().float().cpu(), vals.detach().float().cpu()
+        # values on the clean final image; the input requires grad so that objectives which are gradients
+        # of the model (weightviz.best_case) can be evaluated too
+        x = spec.normalize(final).to(dtype).requires_grad_(True)
+        vals = evaluate(cap.run(x)).detach()
+    return final.detach().float().cpu(), vals.float().cpu()

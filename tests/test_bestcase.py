@@ -1,0 +1,144 @@
+"""best_case: the reported gradient against an independent autograd computation, the ratio against
+expanded_weights, a purely linear connection, seeded reproducibility, and "the best case must beat the
+data" on lite0 against natural images (per-image autograd loop)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import weightviz as wv
+from weightviz.bestcase import best_case
+
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)   # ImageNet defaults: input_spec of a plain module
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def _net() -> nn.Sequential:
+    """conv3x3 (src "0") -> ReLU -> conv3x3 -> ReLU -> conv3x3 (dst "4"), all padding 1: the field of a
+    dst position over src is 5x5 centred on it."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 3, 3, padding=1)).eval()
+
+
+def _reference(model, image, unit, size):
+    """d dst[unit, centre] / d src by hand: the model split at src, one plain backward."""
+    x = (image[None] - _MEAN) / _STD
+    with torch.no_grad():
+        z = model[0](x)
+    z = z.detach().requires_grad_(True)
+    out = model[1:](z)
+    c = (size - 1) // 2
+    (g,) = torch.autograd.grad(out[0, unit, c, c], z)
+    return g[0, :, c - 2:c + 3, c - 2:c + 3]            # [C_src, 5, 5]
+
+
+@pytest.mark.parametrize("src_unit", [None, 2])
+def test_gradient_equals_independent_autograd_and_ratio_matches_expanded(src_unit):
+    model = _net()
+    b = best_case(model, "0", "4", 1, src_unit, size=16, steps=12, progress=False)
+    assert b.image.shape == (3, 16, 16) and 0 <= float(b.image.min()) and float(b.image.max()) <= 1
+    ref = _reference(model, b.image, 1, 16)
+    E = wv.expanded_weights(model, "0", "4", units=[1])[0]
+    if src_unit is not None:
+        ref, E = ref[src_unit], E[src_unit]
+        assert b.value == pytest.approx(float(ref[2, 2]), rel=1e-5, abs=1e-7)
+    else:
+        assert b.value == pytest.approx(float(ref.norm()), rel=1e-5)
+    assert b.gradient.shape == ref.shape == E.shape
+    torch.testing.assert_close(b.gradient, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+    torch.testing.assert_close(b.expanded, E, rtol=1e-5, atol=1e-6 * float(E.abs().max()))
+    assert b.ratio == pytest.approx(float(ref.norm()) / float(E.norm()), rel=1e-4)
+
+
+def test_optimization_raises_the_connection():
+    model = _net()
+    first = best_case(model, "0", "4", 1, size=16, steps=1, progress=False)
+    later = best_case(model, "0", "4", 1, size=16, steps=40, progress=False)
+    assert later.value > 1.2 * first.value
+
+
+def test_linear_connection_is_the_weight_itself():
+    """Nothing nonlinear between src and dst: the gradient is the conv weight on every image, ratio 1."""
+    model = _net()
+    b = best_case(model, "3", "4", 2, size=16, steps=3, progress=False)
+    W = model[4].weight[2].detach()                         # [6, 3, 3]
+    torch.testing.assert_close(b.gradient, W, rtol=1e-5, atol=1e-7)
+    assert b.ratio == pytest.approx(1.0, rel=1e-5)
+
+
+def test_same_seed_same_image():
+    model = _net()
+    a = best_case(model, "0", "4", 0, size=16, steps=6, seed=3, progress=False)
+    b = best_case(model, "0", "4", 0, size=16, steps=6, seed=3, progress=False)
+    c = best_case(model, "0", "4", 0, size=16, steps=6, seed=4, progress=False)
+    assert torch.equal(a.image, b.image) and torch.equal(a.gradient, b.gradient)
+    assert not torch.equal(a.image, c.image)
+
+
+def test_cache_returns_the_same_best_case(tmp_path):
+    model = _net()
+    a = best_case(model, "0", "4", 0, size=16, steps=4, progress=False, cache=tmp_path)
+    b = best_case(model, "0", "4", 0, size=16, steps=4, progress=False, cache=tmp_path)
+    assert len(wv.RenderCache(tmp_path)) == 1
+    assert torch.equal(a.image, b.image)
+
+
+def _data_gradient_norms(model, src, dst, unit, images):
+    """Per image: norm of d dst[unit, centre] / d src over the expanded weights' window (plain hooks,
+    one backward per image)."""
+    rf = wv.receptive_field(model, dst, src, input_size=images.shape[-1])
+    (r0, c0), (kh, kw) = rf.start, rf.size
+    spec = wv.input_spec(model)
+    norms = []
+    store = {}
+
+    def keep(_m, _i, out):
+        out = out.clone()
+        store["z"] = out
+        return out
+
+    def read(_m, _i, out):
+        store["y"] = out
+
+    for img in images:
+        h = wv.get_module(model, src).register_forward_hook(keep)
+        h2 = wv.get_module(model, dst).register_forward_hook(read)
+        try:
+            with torch.enable_grad():
+                model(spec.normalize(img[None]).requires_grad_(True))
+                (g,) = torch.autograd.grad(store["y"][0, unit, rf.target[0], rf.target[1]], store["z"])
+        finally:
+            h.remove()
+            h2.remove()
+        norms.append(float(g[0, :, r0:r0 + kh, c0:c0 + kw].norm()))
+    return norms
+
+
+def test_lite0_best_case_beats_the_data(lite0):
+    """The best case must beat the data: its connection norm exceeds that of every natural image."""
+    b = best_case(lite0, "blocks.1.0", "blocks.2.0", 3, steps=48, progress=False)
+    imgs = wv.images(n=24, size=b.size)
+    data = _data_gradient_norms(lite0, "blocks.1.0", "blocks.2.0", 3, imgs.tensor())
+    assert b.value == pytest.approx(float(b.gradient.norm()), rel=1e-6)
+    assert b.value > max(data), (b.value, max(data))
+    fig = b.figure()
+    assert fig.data["ratio"] == pytest.approx(b.ratio)
+
+
+def test_bad_input():
+    model = _net()
+    with pytest.raises(wv.WeightvizError, match="same layer"):
+        best_case(model, "0", "0", 0, progress=False)
+    with pytest.raises(wv.WeightvizError, match="out of range"):
+        best_case(model, "0", "4", 3, size=16, progress=False)
+    with pytest.raises(wv.WeightvizError, match="src_unit 4 out of range"):
+        best_case(model, "0", "4", 0, 4, size=16, progress=False)
+    with pytest.raises(wv.WeightvizError, match="Did you mean"):
+        best_case(model, "0", "44", 0, progress=False)
+    with pytest.raises(wv.WeightvizError, match="size must be"):
+        best_case(model, "0", "4", 0, size=8, progress=False)
+    with pytest.raises(wv.WeightvizError, match="steps must be"):
+        best_case(model, "0", "4", 0, size=16, steps=0, progress=False)
