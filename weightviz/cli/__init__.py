@@ -26,6 +26,8 @@ _COMMAND_MODULES = [
     "figure_cmd",
     "explore_cmd",
     "metrics_cmd",
+    "examples_cmd",
+    "bestcase_cmd",
 ]
 
 
