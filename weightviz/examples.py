@@ -35,7 +35,7 @@ from . import _crops
 from .errors import WeightvizError
 from .models import get_module, resolve
 
-__all__ = ["TopExamples", "top_examples"]
+__all__ = ["TopExamples", "layer_scores", "select", "top_examples"]
 
 _POSITIONS = ("max", "centre")
 
@@ -98,11 +98,13 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def unit_scores(model: nn.Module, layer: str, unit: int, images, *, position: str = "max", batch_size: int = 32,
-                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """Activation of ``unit`` on every image: ``values`` ``[N]``, ``positions`` ``[N, 2]`` (``(y, x)``
-    of the layer output; ``-1`` without spatial axes) and the layer's output shape ``(C, H, W)`` or
-    ``(C,)``. One batched forward per ``batch_size`` images, stopped after ``layer``."""
+def layer_scores(model: nn.Module, layer: str, images, *, position: str = "max", batch_size: int = 32,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """Activation of every unit of ``layer`` on every image: ``values`` ``[N, C]``, ``positions``
+    ``[N, C, 2]`` (``(y, x)`` of the layer output where it is taken; ``-1`` without spatial axes) and the
+    layer's output shape ``(C, H, W)`` or ``(C,)``. ``images``: an :class:`weightviz.ImageSet` ready for
+    the model. One batched forward per ``batch_size`` images, stopped right after ``layer``; all units
+    cost the same forward as one (the explorer scores a whole layer at once)."""
     from .optvis._hooks import activations
 
     device, dtype = _device_dtype(model)
@@ -111,25 +113,21 @@ def unit_scores(model: nn.Module, layer: str, unit: int, images, *, position: st
     done, total = 0, len(images)
     with torch.inference_mode(False), torch.no_grad():
         for x in images.batches(batch_size):
-            out = activations(model, x.to(device=device, dtype=dtype), layer)[layer]
+            out = activations(model, x.to(device=device, dtype=dtype), layer)[layer].float()
             shape = tuple(out.shape[1:])
-            if unit >= shape[0]:
-                raise WeightvizError(f"unit {unit} out of range: layer {layer!r} has {shape[0]} channels "
-                                     f"(0..{shape[0] - 1})")
-            a = out[:, unit].float()
-            if a.dim() == 1:                       # [B]: no positions
-                vals.append(a.cpu())
-                poss.append(torch.full((a.shape[0], 2), -1, dtype=torch.long))
-            elif a.dim() == 3:                     # [B, H, W]
-                h, w = a.shape[-2:]
+            if out.dim() == 2:                     # [B, C]: no positions
+                vals.append(out.cpu())
+                poss.append(torch.full((*out.shape, 2), -1, dtype=torch.long))
+            elif out.dim() == 4:                   # [B, C, H, W]
+                h, w = out.shape[-2:]
                 if position == "centre":
                     y, x_ = (h - 1) // 2, (w - 1) // 2
-                    vals.append(a[:, y, x_].cpu())
-                    poss.append(torch.tensor([[y, x_]], dtype=torch.long).expand(a.shape[0], 2).clone())
+                    vals.append(out[:, :, y, x_].cpu())
+                    poss.append(torch.tensor([y, x_], dtype=torch.long).expand(*out.shape[:2], 2).clone())
                 else:
-                    v, i = a.flatten(1).max(dim=1)     # first maximum in row-major order
+                    v, i = out.flatten(2).max(dim=2)   # first maximum in row-major order
                     vals.append(v.cpu())
-                    poss.append(torch.stack([i // w, i % w], dim=1).cpu())
+                    poss.append(torch.stack([i // w, i % w], dim=2).cpu())
             else:
                 raise WeightvizError(f"layer {layer!r} outputs {list(out.shape)}; dataset examples need "
                                      "[B, C, H, W] or [B, C]")
@@ -137,6 +135,41 @@ def unit_scores(model: nn.Module, layer: str, unit: int, images, *, position: st
             if progress is not None:
                 progress(done, total)
     return torch.cat(vals), torch.cat(poss), shape
+
+
+def select(model: nn.Module, layer: str, unit: int, images, values: torch.Tensor, positions: torch.Tensor,
+           shape: tuple, k: int, position: str = "max", warn: bool = True) -> TopExamples:
+    """:class:`TopExamples` of ``unit`` from the scores of :func:`layer_scores` (``values`` ``[N, C]``,
+    ``positions`` ``[N, C, 2]``): the ``k`` highest activations > 0 and their receptive-field crops."""
+    from .models import model_name
+
+    if unit >= shape[0]:
+        raise WeightvizError(f"unit {unit} out of range: layer {layer!r} has {shape[0]} channels (0..{shape[0] - 1})")
+    v, pos = values[:, unit], positions[:, unit]
+    order = torch.sort(v, descending=True, stable=True).indices
+    max_value = float(v[order[0]])
+    keep = [int(i) for i in order[:k] if float(v[i]) > 0]
+    if not keep and warn:
+        warnings.warn(f"unit {unit} of {layer!r} never fires on these {len(images)} images (largest activation "
+                      f"{max_value:.4g} <= 0): no dataset examples", UserWarning, stacklevel=3)
+    size = tuple(images.raw(0).shape[-2:])
+    spatial = len(shape) == 3
+    canvas = _crops.canvas_size(model, layer, size, spatial) if keep else size
+    crops, boxes = [], []
+    for i in keep:
+        target = tuple(int(t) for t in pos[i]) if spatial else None
+        box = _crops.field_box(model, layer, size, target)
+        crops.append(_crops.crop_field(images.raw(i), box, canvas))
+        boxes.append(box)
+    idx = torch.tensor(keep, dtype=torch.long)
+    return TopExamples(
+        layer=layer, unit=unit,
+        images=torch.stack(crops) if crops else torch.zeros(0, 3, *canvas),
+        values=v[idx] if keep else torch.zeros(0),
+        indices=idx, positions=pos[idx] if keep else torch.zeros(0, 2, dtype=torch.long),
+        boxes=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4), n_images=len(images), max_value=max_value,
+        position=position, model_name=model_name(model),
+    )
 
 
 def top_examples(
@@ -163,35 +196,10 @@ def top_examples(
     activation <= 0) gives a warning and a result without examples (``.fires`` False).
     """
     from .imageset import as_images
-    from .models import model_name
 
     model = resolve(model)
     _check(model, layer, unit, k, position, batch_size)
     imgs = as_images(images, model)
-    values, positions, shape = unit_scores(model, layer, unit, imgs, position=position, batch_size=batch_size,
-                                           progress=progress)
-    order = torch.sort(values, descending=True, stable=True).indices
-    max_value = float(values[order[0]])
-    keep = [int(i) for i in order[:k] if float(values[i]) > 0]
-    if not keep:
-        warnings.warn(f"unit {unit} of {layer!r} never fires on these {len(imgs)} images (largest activation "
-                      f"{max_value:.4g} <= 0): no dataset examples", UserWarning, stacklevel=2)
-    first = imgs.raw(0)
-    size = tuple(first.shape[-2:])
-    spatial = len(shape) == 3
-    canvas = _crops.canvas_size(model, layer, size, spatial) if keep else size
-    crops, boxes = [], []
-    for i in keep:
-        target = tuple(int(v) for v in positions[i]) if spatial else None
-        box = _crops.field_box(model, layer, size, target)
-        crops.append(_crops.crop_field(imgs.raw(i), box, canvas))
-        boxes.append(box)
-    idx = torch.tensor(keep, dtype=torch.long)
-    return TopExamples(
-        layer=layer, unit=unit,
-        images=torch.stack(crops) if crops else torch.zeros(0, 3, *canvas),
-        values=values[idx] if keep else torch.zeros(0),
-        indices=idx, positions=positions[idx] if keep else torch.zeros(0, 2, dtype=torch.long),
-        boxes=torch.tensor(boxes, dtype=torch.long).reshape(-1, 4), n_images=len(imgs), max_value=max_value,
-        position=position, model_name=model_name(model),
-    )
+    values, positions, shape = layer_scores(model, layer, imgs, position=position, batch_size=batch_size,
+                                            progress=progress)
+    return select(model, layer, unit, imgs, values, positions, shape, k, position)
