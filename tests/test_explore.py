@@ -32,7 +32,7 @@ from weightviz.explore.jobs import Job, SerialExecutor, is_done, job_key, mark_d
 from weightviz.explore.server import ExplorerApp
 from weightviz.figures import DIVERGING_STOPS
 
-FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, batch=32)
+FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, batch=32, examples=4, n_images=6)
 
 
 @pytest.fixture
@@ -62,6 +62,7 @@ def test_every_path_builder_parses_back():
         P.fmap_path(layer, src, 7, 1): ("fmap", layer, src, 7, 1),
         P.factor_path(layer, src, 7, 1): ("factor", layer, src, 7, 1),
         P.out_path(layer, "blocks.3.0", 7, 5): ("out", layer, "blocks.3.0", 7, 5),
+        P.example_path(layer, 7, 2): ("ex", layer, None, 7, 2),
     }
     for path, (kind, lay, s, unit, index) in cases.items():
         r = P.parse("/" + path)
@@ -326,7 +327,7 @@ def test_site_is_resumable_and_incremental(built, tmp_path):
     # a deleted output is rebuilt, and only its job runs
     (root / P.fv_path("conv2", 1)).unlink()
     fixed = build_site(model, root, explorer=ex)
-    assert fixed.run == {"weights": 0, "render": 1, "page": 0}
+    assert fixed.run == {"weights": 0, "render": 1, "examples": 0, "page": 0}
     assert (root / P.fv_path("conv2", 1)).is_file()
     # more units: new pages, untouched layers' weights jobs are not re-run... only changed ones are
     more = Explorer(model, "conv1,conv2,conv3", "0:8", config=FAST, render_cache=None, name="tiny")
@@ -462,3 +463,58 @@ def test_a_source_that_cannot_be_expanded_is_reported_not_fatal(tiny, tmp_path):
         assert app.handle("/layer/conv3.html")[0] == 200
     finally:
         app.close()
+
+
+# ------------------------------------------------------------------------------ dataset examples
+def test_unit_examples_equal_top_examples_on_the_same_images(tiny, ex):
+    """The explorer scores a layer once and selects per unit: the same as the public top_examples."""
+    imgs = ex.image_set()
+    assert len(imgs) == 6
+    for layer, unit in [("conv2", 3), ("conv3", 1)]:
+        got = ex.unit_examples(layer, unit)
+        ref = wv.top_examples(tiny, layer, unit, imgs, k=4)
+        assert got.indices.tolist() == ref.indices.tolist()
+        torch.testing.assert_close(got.values, ref.values)
+        torch.testing.assert_close(got.images, ref.images)
+
+
+def test_site_shows_dataset_examples(built):
+    _, ex, root, report = built
+    assert report.run["examples"] == len(ex.layers)
+    doc = json.loads((root / "data" / "examples" / "conv2.json").read_text())
+    d = doc["2"]
+    html = (root / P.unit_path("conv2", 2)).read_text()
+    assert "Dataset examples" in html
+    if d["fires"]:
+        assert len(d["items"]) >= 1
+        for j, it in enumerate(d["items"]):
+            assert P.example_path("conv2", 2, j) in html and f"a={it['value']:.3g}" in html
+            img = np.asarray(Image.open(root / P.example_path("conv2", 2, j)))
+            assert img.ndim == 3 and max(img.shape[:2]) <= 128
+    else:
+        assert "fires on none" in html
+
+
+def test_never_firing_unit_page_says_so_and_server_serves_crops(tiny, tmp_path):
+    with torch.no_grad():
+        tiny.conv3.bias[1] = -1e4
+    ex = Explorer(tiny, "conv2,conv3", "0:4", config=FAST, render_cache=None, name="tiny")
+    app = ExplorerApp(ex, SqliteCache(":memory:", ex.hash))
+    try:
+        status, _, body = app.handle("/unit/conv3/1.html")
+        assert status == 200 and "fires on none of the 6 images" in body.decode()
+        assert app.handle("/img/ex/conv3/1/0.png")[0] == 404
+        status, _, body = app.handle("/unit/conv3/0.html")
+        assert status == 200
+        n = len(ex.unit_examples("conv3", 0))
+        assert n > 0 and f'img/ex/conv3/0/{n - 1}.png' in body.decode()
+        status, ctype, png = app.handle(f"/img/ex/conv3/0/{n - 1}.png")
+        assert status == 200 and png.startswith(b"\x89PNG")
+        assert app.handle(f"/img/ex/conv3/0/{n}.png")[0] == 404
+        assert app.handle("/img/ex/conv3/0/9.png")[0] == 404
+    finally:
+        app.close()
+    off = Explorer(tiny, "conv2,conv3", "0:2", config=ExploreConfig(size=16, steps=2, examples=0),
+                   render_cache=None, name="tiny")
+    rep = build_site(tiny, tmp_path / "s", explorer=off)
+    assert rep.run["examples"] == 0 and "Dataset examples" not in (tmp_path / "s" / P.unit_path("conv3", 0)).read_text()

@@ -111,15 +111,17 @@ def figures_step(ctx: DemoContext) -> list[Path]:
 #: The demo explorer: three lite0 blocks (direct and block-to-block expanded weights), a few units each.
 EXPLORER_LAYERS = "blocks.0.0,blocks.1.0,blocks.2.0"
 EXPLORER_UNITS = "0:8"
-#: FV size/steps kept small so the demo stays fast on a CPU (the explore CLI defaults to 64 px, 64 steps).
-EXPLORER_CONFIG = {"size": 64, "steps": 48, "top_k": 6}
+#: FV size/steps kept small so the demo stays fast on a CPU (the explore CLI defaults to 64 px, 64 steps);
+#: dataset examples from 32 of the embedded natural images (the CLI default is 128).
+EXPLORER_CONFIG = {"size": 64, "steps": 48, "top_k": 6, "n_images": 32}
 
 
 @demo_step("explorer", "weight explorer of lite0 (static site; re-runs skip what is built)")
 def explorer_step(ctx: DemoContext) -> list[Path]:
     from .explore import ExploreConfig, build_site
 
-    names = {"weights": "weights, NMF images, top inputs", "render": "feature visualizations", "page": "pages"}
+    names = {"weights": "weights, NMF images, top inputs", "render": "feature visualizations",
+             "examples": "dataset examples", "page": "pages"}
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total:

@@ -13,10 +13,24 @@ _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers M
 _UNITS_HELP = "Units that get pages, in every layer: '0:16', '3,7,9' (default: all)."
 
 
-def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int):
+_IMAGES_HELP = ("Folder of images for the dataset examples on unit pages (jpg/png/webp/bmp, recursive); default: "
+                "the embedded natural images.")
+_N_IMAGES_HELP = "Images scored for the dataset examples (a seeded subset; 0 = all)."
+_EXAMPLES_HELP = "Dataset examples per unit page (0 = no dataset-examples section)."
+
+
+def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int,
+            images: Path | None = None, n_images: int = 128, examples: int = 9):
+    from ..errors import WeightvizError
     from ..explore import ExploreConfig
 
-    return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed)
+    if images is not None and examples > 0 and not Path(images).is_dir():
+        raise WeightvizError(f"--images {str(images)!r} is not a folder of images; pass a directory")
+    if n_images < 0:
+        raise WeightvizError(f"--n-images must be >= 0 (0 = all), got {n_images}")
+    return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed,
+                         examples=examples, images=None if images is None else str(images),
+                         n_images=n_images or None)
 
 
 @app.command("explore")
@@ -34,9 +48,13 @@ def explore_cmd(
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders or ~/.cache/weightviz/renders)."),
+    images: Path = typer.Option(None, "--images", help=_IMAGES_HELP),
+    n_images: int = typer.Option(128, "--n-images", help=_N_IMAGES_HELP),
+    examples: int = typer.Option(9, "--examples", help=_EXAMPLES_HELP),
 ) -> None:
     """Write a static explorer site: index of layers, a page per layer (FV + NMF image of every unit) and
-    per unit (top inputs direct and expanded, top outputs, weight factors, banding), all linked.
+    per unit (dataset examples, top inputs direct and expanded, top outputs, weight factors, banding), all
+    linked.
 
     Opens from disk (no server). Re-running skips what is already built.
 
@@ -52,14 +70,15 @@ def explore_cmd(
         from ..errors import WeightvizError
 
         raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, n_images, examples)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
     n_pages = sum(len(v) for v in ex.units.values())
     err_console.print(f"exploring {len(ex.layers)} layers of {model} ({', '.join(ex.layers)}): {n_pages} unit pages",
                       markup=False, highlight=False)
-    names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations", "page": "pages"}
+    names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations",
+             "examples": "dataset examples", "page": "pages"}
     with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -90,6 +109,9 @@ def serve_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
+    images: Path = typer.Option(None, "--images", help=_IMAGES_HELP),
+    n_images: int = typer.Option(128, "--n-images", help=_N_IMAGES_HELP),
+    examples: int = typer.Option(9, "--examples", help=_EXAMPLES_HELP),
 ) -> None:
     """Serve the explorer live: pages computed on demand and cached in SQLite (keyed by the model's
     weights hash). Any layer and any earlier source layer can be browsed.
@@ -102,7 +124,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, n_images, examples)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, name=model)

@@ -15,7 +15,7 @@ import torch
 from ..figures._core import DIVERGING
 from ..optvis.image import to_uint8
 
-__all__ = ["encode", "fv_png", "heatmap_png", "rgb_png"]
+__all__ = ["crop_png", "encode", "fv_png", "heatmap_png", "rgb_png"]
 
 MIN_PX = 64
 
@@ -40,6 +40,21 @@ def _upscale(arr: np.ndarray, min_px: int) -> np.ndarray:
 def fv_png(image: torch.Tensor) -> bytes:
     """A rendered image ``[C, H, W]`` float in [0, 1] -> PNG (the one uint8 conversion of optvis)."""
     return encode(to_uint8(image))
+
+
+def crop_png(image: torch.Tensor, max_px: int = 128) -> bytes:
+    """A dataset-example crop ``[C, h, w]`` in [0, 1] -> PNG, downscaled (area filter) to at most ``max_px``
+    on its longer side."""
+    from PIL import Image
+
+    arr = to_uint8(image)
+    h, w = arr.shape[:2]
+    if max(h, w) > max_px:
+        f = max_px / max(h, w)
+        img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        arr = np.asarray(img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX))
+        arr = arr[..., None] if arr.ndim == 2 else arr
+    return encode(arr)
 
 
 def rgb_png(image: torch.Tensor | np.ndarray, min_px: int = MIN_PX) -> bytes:

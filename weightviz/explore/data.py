@@ -57,7 +57,9 @@ class ExploreConfig:
     inputs/outputs per unit; ``n_factors`` weight factors (one-sided NMF components) per unit;
     ``factor_k`` inputs listed per factor; ``sources``: how many earlier explored layers (besides the
     direct predecessor) a unit's inputs are expanded from; ``batch``: FVs per render batch;
-    ``factor_fvs``: render the FV of each factor direction."""
+    ``factor_fvs``: render the FV of each factor direction. Dataset examples: ``examples`` crops per unit
+    page (0: no section) from ``n_images`` images (a seeded subset; ``None``: all) of ``images`` (a folder
+    path; ``None``: the embedded natural images)."""
 
     size: int = 64
     steps: int = 64
@@ -68,6 +70,9 @@ class ExploreConfig:
     sources: int = 1
     batch: int = 32
     factor_fvs: bool = True
+    examples: int = 9
+    images: str | None = None
+    n_images: int | None = 128
 
     def __post_init__(self):
         for name in ("size", "steps", "top_k", "n_factors", "factor_k", "batch"):
@@ -78,6 +83,13 @@ class ExploreConfig:
             raise WeightvizError(f"FV size must be at least 16 pixels, got {self.size}")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
             raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
+        if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 0:
+            raise WeightvizError(f"examples must be an integer >= 0 (0: no dataset examples), got {self.examples!r}")
+        if self.n_images is not None and (isinstance(self.n_images, bool) or not isinstance(self.n_images, int)
+                                          or self.n_images < 1):
+            raise WeightvizError(f"n_images must be a positive integer or None (all), got {self.n_images!r}")
+        if self.images is not None:
+            object.__setattr__(self, "images", str(self.images))
 
     def key(self) -> dict[str, Any]:
         return asdict(self)
@@ -552,6 +564,41 @@ class Explorer:
             result = render(self.model, objectives, size=cfg.size, steps=cfg.steps, seed=cfg.seed,
                             batch=cfg.batch, progress=False, cache=self.render_cache)
         return result.images
+
+    # ---------------------------------------------------------------------------- dataset examples
+    @_lru(1)
+    def image_set(self):
+        """The image set of the dataset examples (:attr:`ExploreConfig.images`, ``n_images`` of them,
+        seeded), normalized for the model."""
+        from ..imageset import images
+
+        cfg = self.config
+        with self.compute_lock:
+            imgs = images(cfg.images, model=self.model, seed=cfg.seed)
+            if cfg.n_images is not None and cfg.n_images < len(imgs):
+                imgs = images(cfg.images, model=self.model, n=cfg.n_images, seed=cfg.seed)
+        return imgs
+
+    @_lru(24)
+    def layer_scores(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Every unit's activation on every image of :meth:`image_set`: :func:`weightviz.examples.layer_scores`
+        (values ``[N, C]``, positions ``[N, C, 2]``, output shape), one batched pass for the whole layer."""
+        from ..examples import layer_scores
+
+        imgs = self.image_set()
+        with self.compute_lock:
+            return layer_scores(self.model, layer, imgs)
+
+    @_lru(256)
+    def unit_examples(self, layer: str, unit: int):
+        """The dataset examples of ``unit`` (:class:`weightviz.TopExamples`, ``config.examples`` of them),
+        from the layer's memoized scores (no forward per unit)."""
+        from ..examples import select
+
+        values, positions, shape = self.layer_scores(layer)
+        imgs = self.image_set()
+        with self.compute_lock:
+            return select(self.model, layer, unit, imgs, values, positions, shape, self.config.examples, warn=False)
 
 
 Linker = Callable[[str, int], "str | None"]

@@ -24,6 +24,8 @@ from .data import Explorer, Source
 
 __all__ = [
     "error_html",
+    "example_png",
+    "examples_data",
     "fmap_png",
     "heatmap_png",
     "index_html",
@@ -133,6 +135,34 @@ def unit_data(ex: Explorer, layer: str, unit: int, sources: Sequence[Source] | N
     return data
 
 
+def examples_data(ex: Explorer, layer: str, unit: int) -> dict[str, Any] | None:
+    """The dataset-examples section of a unit page (JSON-able): the ``config.examples`` images of the
+    explorer's image set that activate the unit most (:meth:`Explorer.unit_examples`), or ``None`` when
+    the section is off (``examples=0``). ``fires`` is False when the unit fires on none of the images."""
+    if ex.config.examples < 1:
+        return None
+    unit = ex.check_unit(layer, unit)
+    try:
+        r = ex.unit_examples(layer, unit)
+    except WeightvizError as e:  # e.g. images the model cannot take: say so in the section
+        return {"layer": layer, "unit": unit, "error": str(e)}
+    imgs = ex.image_set()
+    return {
+        "layer": layer, "unit": unit, "n_images": r.n_images, "fires": r.fires, "max_value": r.max_value,
+        "source": "the embedded natural images" if ex.config.images is None else ex.config.images,
+        "size": int(imgs.size), "crop": [int(v) for v in r.images.shape[-2:]],
+        "items": [{"index": int(i), "value": float(v)} for i, v in zip(r.indices, r.values)],
+    }
+
+
+def example_png(ex: Explorer, layer: str, unit: int, j: int) -> bytes:
+    """The ``j``-th dataset-example crop of ``unit`` (downscaled PNG); ``IndexError`` past the last."""
+    r = ex.unit_examples(layer, unit)
+    if not 0 <= j < len(r):
+        raise IndexError(j)
+    return _png.crop_png(r.images[j])
+
+
 def _vmax(w: torch.Tensor) -> float:
     m = float(w.abs().max()) if w.numel() else 0.0
     return m if m > 0 else 1.0
@@ -194,8 +224,10 @@ def _conn(c: dict, here: str, linker: Linker, n_in: int | None = None) -> dict:
 
 
 def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
-              choices: Sequence[str] = (), chosen: str | None = None) -> str:
-    """The unit page from :func:`unit_data` output."""
+              choices: Sequence[str] = (), chosen: str | None = None,
+              examples: dict[str, Any] | None = None) -> str:
+    """The unit page from :func:`unit_data` output (and :func:`examples_data` output for the dataset
+    examples section; ``None``: no section)."""
     layer, unit = data["layer"], data["unit"]
     here = P.unit_path(layer, unit)
     info = ex.info(layer)
@@ -248,11 +280,19 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
         "chosen": chosen,
         "no_inputs": "No inputs to show.",
         "outputs": outputs,
+        "examples": _examples_ctx(examples),
         "no_outputs": (f"Cannot compute the outputs: {data['outputs_error']}" if data.get("outputs_error") else
                        "This is the last explored layer; explore a later layer to see where its units lead."
                        if mode == "static" else "This is the last explored layer."),
     }
     return environment().get_template("unit.html").render(ctx)
+
+
+def _examples_ctx(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if d is None or d.get("error"):
+        return d
+    items = [{**it, "png": P.example_path(d["layer"], d["unit"], j)} for j, it in enumerate(d["items"])]
+    return {**d, "items": items}
 
 
 def _source_label(ex: Explorer, layer: str) -> str:

@@ -12,6 +12,7 @@ paths and the server computes the same paths on demand, so links are identical (
     img/fmap/<L>/<S>/<u>/<f>.png                 spatial map of weight factor f of unit u (from S)
     img/factor/<L>/<S>/<u>/<f>.png               FV of weight factor f of unit u (a direction in S)
     img/out/<L>/<N>/<u>/<o>.png                  heatmap of the weight slice unit u -> unit o of N
+    img/ex/<L>/<u>/<j>.png                       j-th dataset example of unit u (receptive-field crop)
     static/style.css, static/explore.js
 
 ``<L>``, ``<S>``, ``<N>`` are layer slugs (:func:`slug`); a source ``S`` is a layer of the model or
@@ -29,6 +30,7 @@ from urllib.parse import unquote
 __all__ = [
     "INPUT",
     "Route",
+    "example_path",
     "factor_path",
     "fmap_path",
     "fv_path",
@@ -97,6 +99,10 @@ def out_path(layer: str, nxt: str, unit: int, out: int) -> str:
     return f"img/out/{slug(layer)}/{slug(nxt)}/{int(unit)}/{int(out)}.png"
 
 
+def example_path(layer: str, unit: int, j: int) -> str:
+    return f"img/ex/{slug(layer)}/{int(unit)}/{int(j)}.png"
+
+
 def relative_root(path: str) -> str:
     """The relative prefix from the page at ``path`` back to the site root (``""``, ``"../"``, ...)."""
     return "../" * path.count("/")
@@ -105,7 +111,7 @@ def relative_root(path: str) -> str:
 @dataclass(frozen=True)
 class Route:
     """A parsed request path: ``kind`` is one of ``index``, ``layer``, ``unit``, ``fv``, ``nmf``, ``w``,
-    ``fmap``, ``factor``, ``out``, ``static``; slugs are not yet resolved to layer names (``src`` holds
+    ``fmap``, ``factor``, ``out``, ``ex``, ``static``; slugs are not yet resolved to layer names (``src`` holds
     the second slug: the source, or for ``out`` the next layer)."""
 
     kind: str
@@ -127,6 +133,7 @@ _ROUTES = [
     ("fmap", re.compile(rf"img/fmap/{_SLUG}/{_SLUG}/{_INT}/{_INT}\.png")),
     ("factor", re.compile(rf"img/factor/{_SLUG}/{_SLUG}/{_INT}/{_INT}\.png")),
     ("out", re.compile(rf"img/out/{_SLUG}/{_SLUG}/{_INT}/{_INT}\.png")),
+    ("ex", re.compile(rf"img/ex/{_SLUG}/{_INT}/{_INT}\.png")),
     ("static", re.compile(r"static/([A-Za-z0-9_\-]+\.(?:css|js|svg|png|ico))")),
 ]
 
@@ -161,6 +168,8 @@ def parse(url_path: str) -> Route | None:
             return Route(kind, layer=g[0], unit=int(g[1]))
         if kind == "nmf":
             return Route(kind, layer=g[0], src=g[1], unit=int(g[2]))
+        if kind == "ex":
+            return Route(kind, layer=g[0], unit=int(g[1]), index=int(g[2]))
         if kind in ("w", "fmap", "factor", "out"):
             return Route(kind, layer=g[0], src=g[1], unit=int(g[2]), index=int(g[3]))
         if kind == "static":

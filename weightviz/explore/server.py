@@ -237,6 +237,17 @@ class ExplorerApp:
             return self._unit_page(layer, unit, query).encode(), html
         if r.kind == "fv":
             return self.renders.get(self._key("fv", layer, unit), layer, "unit", unit), png
+        if r.kind == "ex":
+            if ex.config.examples < 1 or not 0 <= r.index < ex.config.examples:
+                raise NotFound(f"no dataset example {r.index} of unit {unit} of {layer!r}.")
+
+            def example() -> bytes:
+                try:
+                    return pages.example_png(ex, layer, unit, r.index)
+                except IndexError:
+                    raise NotFound(f"unit {unit} of {layer!r} has fewer than {r.index + 1} dataset examples.") from None
+
+            return self._png(("ex", layer, unit, r.index), example), png
         if r.kind == "out":
             nxt = self._layer(r.src)
             self._unit(nxt, r.index, "output unit")
@@ -287,8 +298,12 @@ class ExplorerApp:
         blob = self.cache.get_or_compute(
             key, lambda: json.dumps(pages.unit_data(ex, layer, unit, sources)).encode())
         data = json.loads(blob)
+        examples = None
+        if ex.config.examples > 0:
+            examples = json.loads(self.cache.get_or_compute(
+                self._key("examples", layer, unit), lambda: json.dumps(pages.examples_data(ex, layer, unit)).encode()))
         return pages.unit_html(ex, data, "server", lambda _layer, _unit: True,
-                               choices=ex.source_choices(layer), chosen=chosen)
+                               choices=ex.source_choices(layer), chosen=chosen, examples=examples)
 
 
 # ------------------------------------------------------------------------------------------ server

@@ -6,7 +6,9 @@ The build is three stages of independent :class:`~.jobs.Job` records, each run b
 1. ``weights`` — one per explored layer: weights from each source, NMF images, top inputs/outputs,
    weight factors, banding; writes their PNGs and ``data/<layer>.json``;
 2. ``render`` — FVs of every unit any page shows (and of the weight-factor directions), in batches;
-3. ``page`` — the index, each layer page and its unit pages.
+3. ``examples`` — one per explored layer (unless ``config.examples == 0``): every unit scored on the image
+   set in one batched pass, the dataset-example crops of its unit pages and ``data/examples/<layer>.json``;
+4. ``page`` — the index, each layer page and its unit pages.
 
 Resumable and incremental: a job is skipped when its outputs exist and its stamp
 (``.weightviz/done/<kind>-<key>``) matches its key, a hash of the model weights, the settings and the
@@ -51,8 +53,8 @@ class BuildReport:
     """What a build did: jobs ``run`` and ``skipped`` per kind, seconds per stage, the index path."""
 
     root: Path
-    run: dict[str, int] = field(default_factory=lambda: {"weights": 0, "render": 0, "page": 0})
-    skipped: dict[str, int] = field(default_factory=lambda: {"weights": 0, "render": 0, "page": 0})
+    run: dict[str, int] = field(default_factory=lambda: {"weights": 0, "render": 0, "examples": 0, "page": 0})
+    skipped: dict[str, int] = field(default_factory=lambda: {"weights": 0, "render": 0, "examples": 0, "page": 0})
     seconds: dict[str, float] = field(default_factory=dict)
     pages: int = 0
     renders: int = 0
@@ -120,7 +122,14 @@ def build_site(
         _run(executor, rjobs, root, report, "render", progress)
         report.seconds["render"] = time.perf_counter() - t
 
-        # 3. pages
+        # 3. dataset examples: one job per explored layer (all its units scored in one pass)
+        if cfg.examples > 0:
+            t = time.perf_counter()
+            _run(executor, [_examples_job(ex, layer, salt) for layer in ex.layers], root, report, "examples",
+                 progress)
+            report.seconds["examples"] = time.perf_counter() - t
+
+        # 4. pages
         t = time.perf_counter()
         link_key = hashlib.sha256(json.dumps(sorted(pages_set)).encode()).hexdigest()[:16]
         pjobs = [_page_job(ex, layer, data[layer], link_key, salt) for layer in ex.layers]
@@ -283,6 +292,21 @@ def _render_jobs(ex: Explorer, data: dict[str, dict], salt: str) -> list[Job]:
     return jobs
 
 
+def _examples_path(layer: str) -> str:
+    return f"data/examples/{P.slug(layer)}.json"
+
+
+def _examples_job(ex: Explorer, layer: str, salt: str) -> Job:
+    units = list(ex.units[layer])
+    outputs = (_examples_path(layer),)  # the crops are listed in the JSON (how many depends on the data)
+    return Job("examples", {"layer": layer, "units": units}, outputs, salt)
+
+
+def _load_examples(root: Path, layer: str) -> dict[str, Any]:
+    p = root / _examples_path(layer)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
 def _page_job(ex: Explorer, layer: str, d: dict, link_key: str, salt: str) -> Job:
     units = [int(u) for u in d["units"]]
     outputs = (P.layer_path(layer), *(P.unit_path(layer, u) for u in units))
@@ -299,6 +323,8 @@ def run_job(ex: Explorer, job: Job) -> int:
         return _run_weights(ex, root, job.inputs)
     if job.kind == "render":
         return _run_render(ex, root, job.inputs)
+    if job.kind == "examples":
+        return _run_examples(ex, root, job.inputs)
     return _run_page(ex, root, job.inputs)
 
 
@@ -352,6 +378,22 @@ def _run_render(ex: Explorer, root: Path, inp: dict) -> int:
     return len(images)
 
 
+def _run_examples(ex: Explorer, root: Path, inp: dict) -> int:
+    layer = inp["layer"]
+    doc = {}
+    written = 0
+    for u in inp["units"]:
+        d = pages.examples_data(ex, layer, u)
+        if d is None:
+            continue
+        for j in range(len(d.get("items", []))):
+            _write_bytes(root / P.example_path(layer, u, j), pages.example_png(ex, layer, u, j))
+            written += 1
+        doc[str(u)] = d
+    _write_bytes(root / _examples_path(layer), json.dumps(doc).encode())
+    return written + 1
+
+
 def _run_page(ex: Explorer, root: Path, inp: dict) -> int:
     built = {(layer, u) for layer in ex.layers for u in ex.units[layer]}
 
@@ -366,8 +408,9 @@ def _run_page(ex: Explorer, root: Path, inp: dict) -> int:
     primary = ex.primary_source(layer)
     nmf_ok = all(not s.get("error") for d in data["units"].values() for s in d["sources"] if s["src"] == primary)
     _write_bytes(root / P.layer_path(layer), pages.layer_html(ex, layer, inp["units"], "static", nmf=nmf_ok).encode())
+    examples = _load_examples(root, layer) if ex.config.examples > 0 else {}
     for u in inp["units"]:
-        html = pages.unit_html(ex, data["units"][str(u)], "static", linker)
+        html = pages.unit_html(ex, data["units"][str(u)], "static", linker, examples=examples.get(str(u)))
         _write_bytes(root / P.unit_path(layer, u), html.encode())
     return 1 + len(inp["units"])
 
