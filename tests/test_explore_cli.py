@@ -11,7 +11,8 @@ import torch
 from weightviz.cli import main
 
 MODEL = "torchvision:squeezenet1_1"  # small; random weights are fine for the plumbing
-SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3"]
+SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3",
+         "--n-images", "8"]
 
 
 def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
@@ -32,10 +33,14 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
             page = f"unit/{layer}/{u}.html"
             assert (one / page).read_text() == (two / page).read_text()
             assert (one / f"img/fv/{layer}/{u}.png").read_bytes() == (two / f"img/fv/{layer}/{u}.png").read_bytes()
+            assert "Dataset examples" in (one / page).read_text()
+        ex_a = json.loads((one / "data" / "examples" / f"{layer}.json").read_text())
+        assert ex_a == json.loads((two / "data" / "examples" / f"{layer}.json").read_text())
+        assert all(d["n_images"] == 8 for d in ex_a.values())
     # the second run over an existing site is a no-op
     torch.manual_seed(0)
     assert main(["explore", MODEL, "-o", str(one), *SMALL, *cache]) == 0
-    assert "jobs run: 0 weights, 0 render, 0 page" in capsys.readouterr().out
+    assert "jobs run: 0 weights, 0 render, 0 examples, 0 page" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [
@@ -47,6 +52,8 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
     (["explore", MODEL, "-o", "{new}", "--jobs", "0"], "--jobs must be at least 1"),
     (["explore", MODEL, "-o", "{new}", "--size", "8"], "at least 16 pixels"),
     (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
+    (["explore", MODEL, "-o", "{new}", "--images", "{file}"], "not a folder of images"),
+    (["explore", MODEL, "-o", "{new}", "--examples", "-1"], "examples must be an integer >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("x")
