@@ -142,3 +142,43 @@ def test_bad_input():
         best_case(model, "0", "4", 0, size=8, progress=False)
     with pytest.raises(wv.WeightvizError, match="steps must be"):
         best_case(model, "0", "4", 0, size=16, steps=0, progress=False)
+
+
+def test_smooth_relu_mode_replaces_every_relu_variant():
+    import torch.nn.functional as F
+
+    from weightviz.optvis._hooks import SmoothReLU
+
+    x = torch.linspace(-8, 10, 37, requires_grad=True)
+    b = 3.0
+    sp = lambda t: F.softplus(t, beta=b)  # noqa: E731
+    with SmoothReLU(b):
+        got = [F.relu(x), torch.relu(x), nn.ReLU(inplace=True)(x * 1), F.relu6(x), nn.ReLU6()(x),
+               F.hardtanh(x, -2.0, 3.0), x.detach().relu()]
+    ref = [sp(x), sp(x), sp(x), sp(x) - sp(x - 6), sp(x) - sp(x - 6), -2 + sp(x + 2) - sp(x - 3), x.detach().relu()]
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+    with SmoothReLU(200.0):  # sharp: within log(2)/beta of the real ReLU6
+        assert float((F.relu6(x) - F.relu6(x.detach())).abs().max()) <= 0.7 / 200
+    # the mask of a smoothed ReLU moves with its input: second derivatives are not zero
+    with SmoothReLU(b):
+        (g,) = torch.autograd.grad(F.relu(x).sum(), x, create_graph=True)
+    assert float(torch.autograd.grad(g.sum(), x)[0].abs().max()) > 0
+
+
+def test_capture_keeps_captured_layers_differentiable_through_identity_and_inplace():
+    """A captured identity-like layer followed by an in-place ReLU: the kept tensor is unchanged and later
+    captured layers are differentiable functions of it."""
+    from weightviz.optvis._hooks import Capture
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3)).eval()
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    with Capture(m, ["1", "3"]) as cap:
+        acts = cap.run(x)
+    z = m[0](x)
+    torch.testing.assert_close(acts["1"], z)                          # not overwritten by the in-place ReLU
+    (g,) = torch.autograd.grad(acts["3"][:, 1, 2, 2].sum(), acts["1"])
+    z2 = z.detach().requires_grad_(True)
+    (ref,) = torch.autograd.grad(m[3](torch.relu(z2))[:, 1, 2, 2].sum(), z2)
+    torch.testing.assert_close(g, ref)
