@@ -173,37 +173,10 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _images(images: Any, model: nn.Module):
-    """An image set ready for ``model`` (``weightviz.as_images``)."""
-    try:
-        from .imageset import as_images
-    except ModuleNotFoundError:   # TEMPORARY until weightviz.imageset lands on main
-        return _TensorImages(images, model)
+    """An image set ready for ``model`` (:func:`weightviz.as_images`)."""
+    from .imageset import as_images
+
     return as_images(images, model)
-
-
-class _TensorImages:  # TEMPORARY stand-in for ImageSet (tensors [N, C, H, W] only)
-    def __init__(self, x, model):
-        from .models import input_spec
-
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise WeightvizError("images must be a tensor [N, C, H, W]")
-        if x.shape[1] != input_spec(model).channels:
-            raise WeightvizError(f"images have {x.shape[1]} channels, the model takes {input_spec(model).channels}")
-        self.x = x
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i]
-
-    def batches(self, batch_size=None):
-        for s in range(0, len(self), batch_size or 32):
-            yield self.x[s:s + (batch_size or 32)]
-
-    def raw(self, i):
-        v = self.x[i][:3]
-        return (v - v.min()) / (v.max() - v.min()).clamp(min=1e-12)
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
