@@ -25,6 +25,7 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 
 
 # figure modules register themselves on import (after FIGURES and register_figure exist)
+from .conditioned import cases, data_weights  # noqa: E402
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
 from .routes import paths  # noqa: E402
@@ -36,6 +37,8 @@ __all__ = [
     "FIGURES",
     "Figure",
     "as_images",
+    "cases",
+    "data_weights",
     "expanded",
     "factorize_family",
     "family_grid",
