@@ -267,3 +267,54 @@ def test_cases_bad_input():
         data_weights(model, "src", "dst", 3, x)
     with pytest.raises(wv.WeightvizError, match="n_cases"):
         cases(model, "src", "dst", 0, x, n_cases=0)
+
+
+# ------------------------------------------------------------------------------------------- figures
+def _boundary_data():
+    g = torch.Generator().manual_seed(0)
+    model = Boundary(torch.rand(3, 3, generator=g) + 0.2, torch.rand(3, 3, generator=g) + 0.2).eval()
+    x = 0.05 * torch.randn(12, 2, 10, 10, generator=g)
+    x[:6, 0] += 1.0
+    x[6:, 1] += 1.0
+    return model, x
+
+
+def test_cases_figure_structure(tmp_path):
+    from weightviz.figures import FIGURES
+
+    model, x = _boundary_data()
+    c = cases(model, "src", "dst", 0, x, n_cases=2, n_examples=3)
+    assert FIGURES["cases"] is wv.figures.cases and FIGURES["data-weights"] is wv.figures.data_weights
+    fig = c.figure(k=2, fv=False)
+    rows = fig.data["cases"]
+    assert [r["inputs"] for r in rows] == [[t.channel for t in ti[:2]] for ti in c.top_inputs]
+    assert [r["examples"] for r in rows] == [e.indices for e in c.examples]
+    shown = torch.cat([c.patterns[j, rows[j]["inputs"]] for j in range(2)] + [c.expanded])
+    assert fig.data["vmax"] == pytest.approx(float(shown.abs().max()), rel=1e-6)
+    assert fig.data["explained"] == pytest.approx(c.explained)
+    fig.save(tmp_path / "cases.svg")
+    assert (tmp_path / "cases.svg").read_text().lstrip().startswith("<?xml")
+    # from arguments, as the registry calls it
+    fig2 = wv.figures.cases(model, "src", "dst", 0, x, 2, k=2, n_examples=3, fv=False)
+    assert fig2.data["cases"] == rows
+    dfig = c.data.figure(n_examples=4, k=2, fv=False)
+    acts = c.data.activations
+    assert dfig.data["examples"] == acts.argsort(descending=True, stable=True)[:4].tolist()
+    dfig.save(tmp_path / "dw.png")
+    assert (tmp_path / "dw.png").stat().st_size > 0
+
+
+def test_example_crops_are_the_input_box_of_the_position():
+    model, x = _boundary_data()
+    d = data_weights(model, "src", "dst", 0, x)
+    boxes = d.input_boxes()
+    crops = d.crops([0, 7])
+    for j, i in enumerate([0, 7]):
+        r0, c0, h, w = boxes[i]
+        rf = wv.receptive_field(model, "dst", None, input_size=10, target=tuple(d.positions[i].tolist()))
+        assert (h, w) == (3, 3)
+        if not rf.truncated:
+            assert (r0, c0) == rf.start
+        raw = wv.as_images(x, model).raw(i)
+        ref = F.pad(raw, (3, 3, 3, 3), value=1.0)[:, r0 + 3:r0 + 3 + h, c0 + 3:c0 + 3 + w]
+        torch.testing.assert_close(crops[j], ref)

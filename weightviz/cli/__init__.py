@@ -26,6 +26,7 @@ _COMMAND_MODULES = [
     "figure_cmd",
     "explore_cmd",
     "metrics_cmd",
+    "cases_cmd",
 ]
 
 

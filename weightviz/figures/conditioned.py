@@ -29,8 +29,11 @@ def _sign(x: float) -> tuple[str, str]:
 
 
 def _crop_img(t: torch.Tensor) -> np.ndarray:
-    """``[C, h, w]`` in [0, 1] -> ``[h, w, C]`` for a tile."""
-    return t.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    """``[C, h, w]`` in [0, 1] -> ``[h, w, C]`` for a tile (other than 1 or 3 channels: their mean, grey)."""
+    t = t.detach().float().clamp(0, 1)
+    if t.shape[0] not in (1, 3):
+        t = t.mean(0, keepdim=True)
+    return t.permute(1, 2, 0).cpu().numpy()
 
 
 def _check_pos_int(v: Any, name: str) -> int:
