@@ -13,10 +13,23 @@ _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers M
 _UNITS_HELP = "Units that get pages, in every layer: '0:16', '3,7,9' (default: all)."
 
 
-def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int):
+_IMAGES = typer.Option(None, "--images", help="Folder of images for the cases panels (jpg/png/webp, recursive; "
+                       "default: the embedded natural images).")
+_CASES = typer.Option(2, "--cases", help="Cases per unit in the cases panel (per-example gradients from the "
+                      "unit's primary source, factored over the images); 0: no cases panel.")
+_CASE_IMAGES = typer.Option(32, "--case-images", help="Number of images the cases are computed on.")
+
+
+def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int,
+            images: Path | None = None, cases: int = 2, case_images: int = 32):
+    from ..errors import WeightvizError
     from ..explore import ExploreConfig
 
-    return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed)
+    if images is not None and not Path(images).is_dir():
+        raise WeightvizError(f"--images {str(images)!r} is not a folder; give a folder of jpg/png/webp images")
+    return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed,
+                         cases=cases, case_images=case_images,
+                         images=str(Path(images).resolve()) if images is not None else None)
 
 
 @app.command("explore")
@@ -34,6 +47,9 @@ def explore_cmd(
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders or ~/.cache/weightviz/renders)."),
+    images: Path = _IMAGES,
+    cases: int = _CASES,
+    case_images: int = _CASE_IMAGES,
 ) -> None:
     """Write a static explorer site: index of layers, a page per layer (FV + NMF image of every unit) and
     per unit (top inputs direct and expanded, top outputs, weight factors, banding), all linked.
@@ -52,14 +68,15 @@ def explore_cmd(
         from ..errors import WeightvizError
 
         raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
     n_pages = sum(len(v) for v in ex.units.values())
     err_console.print(f"exploring {len(ex.layers)} layers of {model} ({', '.join(ex.layers)}): {n_pages} unit pages",
                       markup=False, highlight=False)
-    names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations", "page": "pages"}
+    names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations", "page": "pages",
+             "cases": "cases over the images"}
     with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -90,6 +107,9 @@ def serve_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
+    images: Path = _IMAGES,
+    cases: int = _CASES,
+    case_images: int = _CASE_IMAGES,
 ) -> None:
     """Serve the explorer live: pages computed on demand and cached in SQLite (keyed by the model's
     weights hash). Any layer and any earlier source layer can be browsed.
@@ -102,7 +122,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, name=model)

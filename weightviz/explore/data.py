@@ -57,7 +57,10 @@ class ExploreConfig:
     inputs/outputs per unit; ``n_factors`` weight factors (one-sided NMF components) per unit;
     ``factor_k`` inputs listed per factor; ``sources``: how many earlier explored layers (besides the
     direct predecessor) a unit's inputs are expanded from; ``batch``: FVs per render batch;
-    ``factor_fvs``: render the FV of each factor direction."""
+    ``factor_fvs``: render the FV of each factor direction. Cases panel (:func:`weightviz.cases` of each
+    unit's inputs from its primary source over an image set): ``cases`` per unit (0, the default here: no
+    panel; the CLI's ``explore``/``serve`` default to 2),
+    ``case_images`` images of side ``case_size`` px from folder ``images`` (``None``: the embedded set)."""
 
     size: int = 64
     steps: int = 64
@@ -68,6 +71,10 @@ class ExploreConfig:
     sources: int = 1
     batch: int = 32
     factor_fvs: bool = True
+    cases: int = 0
+    case_images: int = 32
+    case_size: int = 96
+    images: str | None = None
 
     def __post_init__(self):
         for name in ("size", "steps", "top_k", "n_factors", "factor_k", "batch"):
@@ -78,6 +85,12 @@ class ExploreConfig:
             raise WeightvizError(f"FV size must be at least 16 pixels, got {self.size}")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
             raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
+        if isinstance(self.cases, bool) or not isinstance(self.cases, int) or not 0 <= self.cases <= 6:
+            raise WeightvizError(f"cases must be an integer in 0..6 (0: no cases panel), got {self.cases!r}")
+        for name in ("case_images", "case_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (16 if name == "case_size" else 1):
+                raise WeightvizError(f"{name} must be an integer >= {16 if name == 'case_size' else 1}, got {v!r}")
 
     def key(self) -> dict[str, Any]:
         return asdict(self)
@@ -543,6 +556,28 @@ class Explorer:
         from .. import objectives as obj
 
         return self._render([obj.direction(layer, torch.as_tensor(v, dtype=torch.float32)) for v in vectors])
+
+    # ------------------------------------------------------------------- cases (image set)
+    @_lru(1)
+    def image_set(self):
+        """The image set of the cases panels (``config.images`` or the embedded set, ``case_images``
+        images of ``case_size`` px, normalized for the model); :func:`weightviz.images`."""
+        from ..imageset import images
+
+        cfg = self.config
+        return images(cfg.images, model=self.model, size=cfg.case_size, n=cfg.case_images, seed=cfg.seed)
+
+    @_lru(256)
+    def cases(self, layer: str, unit: int, src: str | None):
+        """:func:`weightviz.cases` of ``unit``'s inputs from ``src`` over :meth:`image_set` (``config.cases``
+        cases, ``top_k`` inputs and 4 examples each); raises :class:`WeightvizError` e.g. when the unit never
+        fires on the images."""
+        from ..conditioned import cases
+
+        imgs = self.image_set()
+        cfg = self.config
+        with self.compute_lock:
+            return cases(self.model, src, layer, unit, imgs, cfg.cases, k=cfg.top_k, n_examples=4, seed=cfg.seed)
 
     def _render(self, objectives: list) -> torch.Tensor:
         from ..optvis.render import render

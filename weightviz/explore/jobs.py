@@ -40,7 +40,7 @@ __all__ = [
     "stamp_path",
 ]
 
-JOB_KINDS = ("weights", "render", "page")
+JOB_KINDS = ("weights", "render", "page", "cases")
 # bump when the format of any output changes: every stamp then mismatches and the site rebuilds
 FORMAT_VERSION = 1
 
@@ -58,7 +58,8 @@ class Job:
     """One unit of work of a site build: plain data, picklable, runnable anywhere.
 
     ``kind``: ``"weights"`` (weights, NMF images, top inputs/outputs of one layer), ``"render"`` (feature
-    visualizations of a chunk of units/directions) or ``"page"`` (one HTML page). ``inputs``: JSON-able
+    visualizations of a chunk of units/directions), ``"page"`` (one HTML page) or ``"cases"`` (the cases
+    panels of one layer's units, over the image set). ``inputs``: JSON-able
     parameters. ``outputs``: the files (relative to the site root) it writes; the job is done when all
     exist and its stamp holds its ``key``.
     """
