@@ -21,7 +21,7 @@ import torch
 
 import weightviz as wv
 from weightviz import _crops
-from weightviz.examples import top_examples
+from weightviz.examples import FILL, top_examples
 
 
 def loop_scores(model, layer: str, unit: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +66,10 @@ def main() -> None:
         t0 = time.process_time()
         vals, poss = loop_scores(model, args.layer, args.unit, x)
         order = torch.sort(vals, descending=True, stable=True).indices[: args.k].tolist()
-        size = (x.shape[-2], x.shape[-1])
-        canvas = _crops.canvas_size(model, args.layer, size)
-        crops = [_crops.crop_field(prepared.raw(i), _crops.field_box(model, args.layer, size, tuple(poss[i].tolist())),
-                                   canvas) for i in order]
+        hw = (x.shape[-2], x.shape[-1])
+        field = wv.receptive_field(model, args.layer, None).size
+        win = _crops.window(model, None, args.layer, hw, field)
+        crops = [_crops.crop(prepared.raw(i), win.start(tuple(poss[i].tolist())), field, fill=FILL) for i in order]
         t_loop.append(time.process_time() - t0)
     assert res.indices.tolist() == [i for i in order if vals[i] > 0], (res.indices.tolist(), order)
     torch.testing.assert_close(res.values, vals[res.indices], rtol=1e-4, atol=1e-4)

@@ -25,7 +25,7 @@ pytestmark = [
                        reason=f"Debian chromium not installed at {CHROMIUM} (`make browser` installs it)"),
 ]
 
-FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, n_images=6)
+FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, example_images=6)
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,13 @@ receptive-field boxes; the crop helper; never-firing units; the figure and bad i
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import weightviz as wv
-from weightviz import _crops
-from weightviz.examples import top_examples
+from weightviz.examples import FILL, top_examples
 
 
 def _net() -> nn.Sequential:
@@ -58,42 +55,43 @@ def test_matches_per_image_loop_and_hand_boxes(position):
     assert res.positions.tolist() == [list(poss[i]) for i in keep]
     assert bool((res.values[:-1] >= res.values[1:]).all())
     assert res.n_images == 13 and res.fires
-    # crops: the hand-computed box of the raw image (a prepared tensor is shown min-max scaled), placed on
-    # a 7x7 canvas against the border it was cut at, grey outside
+    # crops: the hand-computed 7x7 field of the raw image (a prepared tensor is shown min-max scaled),
+    # grey where it reaches past the border
     assert res.images.shape == (len(keep), 3, 7, 7)
     for j, i in enumerate(keep):
-        r0, r1, c0, c1 = _hand_box(*poss[i], 16)
+        y, xx = poss[i]
+        r0, r1, c0, c1 = _hand_box(y, xx, 16)
         assert res.boxes[j].tolist() == [r0, r1, c0, c1]
         raw = (x[i] - x[i].min()) / (x[i].max() - x[i].min())
-        crop = res.images[j]
-        oy = 7 - (r1 - r0) if r0 == 0 and r1 - r0 < 7 else 0
-        ox = 7 - (c1 - c0) if c0 == 0 and c1 - c0 < 7 else 0
-        torch.testing.assert_close(crop[:, oy:oy + r1 - r0, ox:ox + c1 - c0], raw[:, r0:r1, c0:c1])
-        inside = torch.zeros(7, 7, dtype=torch.bool)
-        inside[oy:oy + r1 - r0, ox:ox + c1 - c0] = True
-        assert bool((crop[:, ~inside] == _crops.FILL).all())
+        padded = torch.nn.functional.pad(raw, (3, 3, 3, 3), value=FILL)
+        torch.testing.assert_close(res.images[j], padded[:, 2 * y:2 * y + 7, 2 * xx:2 * xx + 7])
 
 
-def test_crop_field_places_cut_boxes_against_their_border():
-    img = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 10, 10)
-    # cut at the top and the left: the part inside sits bottom-right of the canvas
-    c = _crops.crop_field(img, (0, 3, 0, 4), (5, 6))
-    assert torch.equal(c[:, 2:, 2:], img[:, 0:3, 0:4]) and bool((c[:, :2] == _crops.FILL).all())
-    # cut at the bottom and the right: top-left
-    c = _crops.crop_field(img, (8, 10, 7, 10), (5, 6))
-    assert torch.equal(c[:, :2, :3], img[:, 8:10, 7:10]) and bool((c[:, 2:] == _crops.FILL).all())
-    # a full box: the slice itself
-    assert torch.equal(_crops.crop_field(img, (2, 7, 3, 9), (5, 6)), img[:, 2:7, 3:9])
+def test_non_square_images():
+    model = _net()
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, 12, 20)
+    res = top_examples(model, "2", 1, x, k=3)
+    vals, poss = _loop(model, x, 1)
+    assert res.positions.tolist() == [list(poss[i]) for i in res.indices.tolist()]
+    for j, i in enumerate(res.indices.tolist()):
+        y, xx = poss[i]
+        raw = (x[i] - x[i].min()) / (x[i].max() - x[i].min())
+        padded = torch.nn.functional.pad(raw, (3, 3, 3, 3), value=FILL)
+        torch.testing.assert_close(res.images[j], padded[:, 2 * y:2 * y + 7, 2 * xx:2 * xx + 7])
 
 
-def test_lite0_boxes_are_receptive_fields(lite0):
-    """On lite0 (TF-"SAME" padding) the crop box of a position equals the measured receptive field, and
-    a centre crop is the full field."""
-    box = _crops.field_box(lite0, "blocks.1.0", (64, 64), (3, 5))
-    rf = wv.receptive_field(lite0, "blocks.1.0", None, input_size=64, target=(3, 5))
-    assert box == (rf.start[0], rf.start[0] + rf.size[0], rf.start[1], rf.start[1] + rf.size[1])
-    full = wv.receptive_field(lite0, "blocks.1.0", None, input_size=64)
-    assert _crops.canvas_size(lite0, "blocks.1.0", (64, 64)) == full.size
+def test_lite0_crops_are_receptive_fields(lite0):
+    """On lite0 (TF-"SAME" padding) the part of each crop inside the image is the measured receptive
+    field of that position (wv.receptive_field with the position as target)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 64, 64)
+    res = top_examples(lite0, "blocks.1.0", 4, x, k=3)
+    for j in range(len(res)):
+        rf = wv.receptive_field(lite0, "blocks.1.0", None, input_size=64, target=tuple(res.positions[j].tolist()))
+        assert res.boxes[j].tolist() == [rf.start[0], rf.start[0] + rf.size[0], rf.start[1], rf.start[1] + rf.size[1]]
+    full = wv.receptive_field(lite0, "blocks.1.0", None)
+    assert tuple(res.images.shape[-2:]) == full.size
 
 
 def test_never_firing_unit_warns_and_figure_says_so(tmp_path):
@@ -163,7 +161,3 @@ def test_bad_input():
         top_examples(model, "2", 0, x, position="middle")
     with pytest.raises(wv.WeightvizError, match="channels"):
         top_examples(model, "2", 0, torch.randn(4, 1, 16, 16))
-    with pytest.raises(wv.WeightvizError, match="square"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            top_examples(model, "2", 0, torch.randn(4, 3, 16, 20))

@@ -32,7 +32,7 @@ from weightviz.explore.jobs import Job, SerialExecutor, is_done, job_key, mark_d
 from weightviz.explore.server import ExplorerApp
 from weightviz.figures import DIVERGING_STOPS
 
-FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, batch=32, examples=4, n_images=6)
+FAST = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, batch=32, examples=4, example_images=6)
 
 
 @pytest.fixture
@@ -468,7 +468,7 @@ def test_a_source_that_cannot_be_expanded_is_reported_not_fatal(tiny, tmp_path):
 # ------------------------------------------------------------------------------ dataset examples
 def test_unit_examples_equal_top_examples_on_the_same_images(tiny, ex):
     """The explorer scores a layer once and selects per unit: the same as the public top_examples."""
-    imgs = ex.image_set()
+    imgs = ex.example_image_set()
     assert len(imgs) == 6
     for layer, unit in [("conv2", 3), ("conv3", 1)]:
         got = ex.unit_examples(layer, unit)

@@ -12,7 +12,7 @@ from weightviz.cli import main
 
 MODEL = "torchvision:squeezenet1_1"  # small; random weights are fine for the plumbing
 SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3",
-         "--n-images", "8"]
+         "--example-images", "8", "--case-images", "4"]
 
 
 def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):

@@ -49,6 +49,11 @@ _EXPORTS: dict[str, str] = {
     "Connection": "expand",
     "ReceptiveField": "expand",
     "linearized": "linear",
+    # data-conditioned connections
+    "data_weights": "conditioned",
+    "cases": "conditioned",
+    "DataWeights": "conditioned",
+    "Cases": "conditioned",
     # feature visualization
     "render": "optvis.render",
     "RenderResult": "optvis.render",

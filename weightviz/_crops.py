@@ -1,94 +1,102 @@
-"""Private: crops of input images that show what one position of a layer sees (its receptive field).
+"""Windows of one ``dst`` position over ``src`` (or over the input) on images of any size, and zero-padded
+crops of them (private; used by per-example connections and cases).
 
-The box of input pixels that can reach position ``(y, x)`` of a layer's output is *measured* by
-:func:`weightviz.receptive_field` (``src=None``: over the model input, at the images' own size, with that
-position as target): exact for strides, dilations, pooling, branches and asymmetric TF-"SAME" padding,
-clipped to the image. A crop is that box of the image, placed on a canvas of the field's full size
-(at most the image size), so every crop of one layer has the same shape: where the field reaches past a
-border of the image, the canvas keeps the part inside the image against the border it was cut at and the
-rest shows ``fill`` (grey: nothing there).
+:func:`weightviz.expanded_weights` places its ``K x K`` window relative to the centre of ``dst`` at the
+input size its field was measured at. On an image of another size the same window sits at
+``start(p) = offset + p * stride`` for a ``dst`` position ``p`` (per axis), where ``offset`` and
+``stride`` are read off :func:`weightviz.receptive_field` measured *at that image size* (asymmetric
+TF-"SAME" padding depends on the input size, so an offset measured at another size can be off by one).
+If the field is truncated at the image size (image smaller than the field), it is measured at
+``size + m * S`` instead, ``S`` a power of two at least the total stride of ``dst``: every layer then sees
+the same size modulo its stride, so the padding, hence the offset, is the same.
 
-Used by :func:`weightviz.top_examples` (dataset examples of a unit) and by the examples of the cases of
-:func:`weightviz.cases`.
+Windows reaching past the border of the map are zero-padded by :func:`crop`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import WeightvizError
 
-__all__ = ["FILL", "canvas_size", "crop_field", "field_box"]
+__all__ = ["Window", "crop", "inside", "window"]
 
-#: value shown where a crop's canvas lies outside the image
-FILL = 0.5
-
-
-def _square(size: tuple[int, int]) -> int:
-    h, w = size
-    if h != w:
-        raise WeightvizError(f"crops of receptive fields need square images, got {h}x{w}; resize or centre-crop "
-                             "them (weightviz.images(folder, size=N) does)")
-    return int(h)
+_MAX_SIZE = 4096
 
 
-def field_box(model: nn.Module, layer: str, size: tuple[int, int], target: tuple[int, int] | None
-              ) -> tuple[int, int, int, int]:
-    """Half-open box ``(r0, r1, c0, c1)`` of input pixels reaching ``layer``'s output at ``target = (y, x)``
-    for an input of ``size = (H, W)`` (``target=None``: a layer without spatial axes sees the whole
-    image). Clipped to the image; measured by :func:`weightviz.receptive_field` (memoized per position)."""
-    n = _square(size)
-    if target is None:
-        return 0, n, 0, n
+@dataclass(frozen=True)
+class Window:
+    """Geometry of the window of one ``dst`` position over ``src`` on ``image_size`` inputs.
+
+    ``size``: ``(Kh, Kw)``; ``offset``/``stride``: per axis, the window of ``dst`` position ``(y, x)`` starts
+    at ``offset + (y, x) * stride`` in ``src`` positions; ``src_hw`` / ``dst_hw``: the map sizes.
+    """
+
+    size: tuple[int, int]
+    offset: tuple[int, int]
+    stride: tuple[int, int]
+    image_size: tuple[int, int]
+    src_hw: tuple[int, int]
+    dst_hw: tuple[int, int]
+
+    def start(self, pos: tuple[int, int]) -> tuple[int, int]:
+        """First ``src`` row and column of the window of ``dst`` position ``pos``."""
+        return (self.offset[0] + int(pos[0]) * self.stride[0], self.offset[1] + int(pos[1]) * self.stride[1])
+
+
+def _axis(model: nn.Module, src: str | None, dst: str, n: int, axis: int, size: int) -> tuple[int, int, int, int]:
+    """``(offset, stride, src_len, dst_len)`` along ``axis`` for square inputs of side ``n``."""
     from .expand import receptive_field
 
-    rf = receptive_field(model, layer, None, input_size=n, target=(int(target[0]), int(target[1])))
-    (r0, c0), (kh, kw) = rf.start, rf.size
-    return r0, r0 + kh, c0, c0 + kw
+    rf = receptive_field(model, dst, src, input_size=n)
+    src_len, dst_len = rf.src_shape[1 + axis], rf.dst_shape[1 + axis]
+    total = 1
+    while total * dst_len < n:   # a power of two at least the input / dst downsampling
+        total *= 2
+    m = n
+    while True:
+        ok = rf.stride is not None and rf.size[axis] == size and rf.start[axis] > 0 and \
+            rf.start[axis] + size < rf.src_shape[1 + axis]
+        if ok:
+            t = rf.target[axis]
+            return rf.start[axis] - t * rf.stride[axis], rf.stride[axis], src_len, dst_len
+        m += total
+        if m > _MAX_SIZE:
+            raise WeightvizError(f"internal: no untruncated field of {dst!r} over {src or 'the input'!r} up to "
+                                 f"{_MAX_SIZE} px")
+        rf = receptive_field(model, dst, src, input_size=m)
 
 
-def canvas_size(model: nn.Module, layer: str, size: tuple[int, int], spatial: bool = True) -> tuple[int, int]:
-    """``(h, w)`` of every crop of ``layer`` for images of ``size``: the field of the centre position
-    when it fits in the image, else the image size."""
-    n = _square(size)
-    if not spatial:
-        return n, n
-    from .expand import receptive_field
-
-    rf = receptive_field(model, layer, None, input_size=n)
-    if rf.truncated:
-        return n, n
-    return min(rf.size[0], n), min(rf.size[1], n)
+def window(model: nn.Module, src: str | None, dst: str, image_hw: tuple[int, int],
+           size: tuple[int, int]) -> Window:
+    """The :class:`Window` of ``dst`` over ``src`` (``None``: the input) for images ``image_hw`` ``(H, W)``,
+    with the field size ``size`` of :func:`weightviz.expanded_weights` (measured at its own input size)."""
+    h, w = (int(v) for v in image_hw)
+    # each axis only depends on the input's extent along it: a square probe of that side measures it
+    oy, sy, hs, hd = _axis(model, src, dst, h, 0, size[0])
+    ox, sx, ws, wd = _axis(model, src, dst, w, 1, size[1])
+    return Window(tuple(size), (oy, ox), (sy, sx), (h, w), (hs, ws), (hd, wd))
 
 
-def _place(lo: int, hi: int, n: int, length: int) -> int:
-    """Offset on the canvas (``length`` long) of the image span ``[lo, hi)`` of an axis of ``n`` pixels."""
-    span = hi - lo
-    if span >= length:
-        return 0
-    if lo == 0 and hi < n:    # cut at the start of the axis: the field continues before the image
-        return length - span
-    if hi == n and lo > 0:    # cut at the end: the field continues after the image
-        return 0
-    return (length - span) // 2
+def crop(x: torch.Tensor, start: tuple[int, int], size: tuple[int, int], fill: float = 0.0) -> torch.Tensor:
+    """The window ``[..., start[0]:start[0]+size[0], start[1]:start[1]+size[1]]`` of ``x`` ``[..., H, W]``,
+    padded with ``fill`` where it reaches past the border (always ``[..., size[0], size[1]]``)."""
+    (r0, c0), (kh, kw) = start, size
+    hh, ww = x.shape[-2:]
+    pt, pl = max(0, -r0), max(0, -c0)
+    pb, pr = max(0, r0 + kh - hh), max(0, c0 + kw - ww)
+    if pt or pl or pb or pr:
+        x = F.pad(x, (pl, pr, pt, pb), value=fill)
+    r0, c0 = r0 + pt, c0 + pl
+    return x[..., r0:r0 + kh, c0:c0 + kw]
 
 
-def crop_field(image: torch.Tensor, box: tuple[int, int, int, int], canvas: tuple[int, int],
-               fill: float = FILL) -> torch.Tensor:
-    """The ``box`` of ``image`` ``[C, H, W]`` on a ``canvas = (h, w)``: ``[C, h, w]``, ``fill`` where the
-    field lies outside the image (see the module docstring). A box larger than the canvas is cut around
-    its centre."""
-    r0, r1, c0, c1 = box
-    c, n_h, n_w = image.shape
-    h, w = canvas
-    if r1 - r0 > h:
-        r0 = r0 + (r1 - r0 - h) // 2
-        r1 = r0 + h
-    if c1 - c0 > w:
-        c0 = c0 + (c1 - c0 - w) // 2
-        c1 = c0 + w
-    out = torch.full((c, h, w), float(fill), dtype=image.dtype)
-    oy, ox = _place(r0, r1, n_h, h), _place(c0, c1, n_w, w)
-    out[:, oy:oy + r1 - r0, ox:ox + c1 - c0] = image[:, r0:r1, c0:c1]
-    return out
+def inside(start: tuple[int, int], size: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """``[Kh, Kw]`` bool mask of the window positions that lie inside a ``hw`` map."""
+    rows = torch.arange(size[0]) + start[0]
+    cols = torch.arange(size[1]) + start[1]
+    return ((rows >= 0) & (rows < hw[0]))[:, None] & ((cols >= 0) & (cols < hw[1]))[None, :]

@@ -108,12 +108,35 @@ def figures_step(ctx: DemoContext) -> list[Path]:
     return paths
 
 
+#: Cases of one lite0 connection over the embedded images (per-example gradients through the real model,
+#: factored by one-sided NMF; benchmarks/cases_scan.py chose the unit): few small images and small FVs.
+CASES_UNIT = ("blocks.2.0", "blocks.3.1", 70)
+CASES_CONFIG = {"n_images": 48, "image_size": 128, "n_cases": 2, "k": 4, "n_examples": 4}
+
+
+@demo_step("cases", "cases of blocks.2.0 -> blocks.3.1 #70 over the embedded images, beside its expanded weight")
+def cases_step(ctx: DemoContext) -> list[Path]:
+    from .conditioned import cases
+    from .figures import cases as cases_figure
+    from .imageset import images
+
+    src, dst, unit = CASES_UNIT
+    c = CASES_CONFIG
+    imgs = images(model=ctx.model, size=c["image_size"], n=c["n_images"])
+    res = cases(ctx.model, src, dst, unit, imgs, c["n_cases"], k=c["k"], n_examples=c["n_examples"])
+    path = ctx.out / "fig_cases.png"
+    cases_figure(res, k=c["k"], n_examples=c["n_examples"], size=64, steps=128).save(path)
+    ctx.notes["cases"] = f"{res.n_cases} cases explain {100 * res.explained:.0f}% of the weighted gradients"
+    return [path]
+
+
 #: The demo explorer: three lite0 blocks (direct and block-to-block expanded weights), a few units each.
 EXPLORER_LAYERS = "blocks.0.0,blocks.1.0,blocks.2.0"
 EXPLORER_UNITS = "0:8"
 #: FV size/steps kept small so the demo stays fast on a CPU (the explore CLI defaults to 64 px, 64 steps);
 #: dataset examples from 32 of the embedded natural images (the CLI default is 128).
-EXPLORER_CONFIG = {"size": 64, "steps": 48, "top_k": 6, "n_images": 32}
+EXPLORER_CONFIG = {"size": 64, "steps": 48, "top_k": 6, "cases": 2, "case_images": 16, "case_size": 64,
+                   "example_images": 32}
 
 
 @demo_step("explorer", "weight explorer of lite0 (static site; re-runs skip what is built)")
@@ -121,7 +144,7 @@ def explorer_step(ctx: DemoContext) -> list[Path]:
     from .explore import ExploreConfig, build_site
 
     names = {"weights": "weights, NMF images, top inputs", "render": "feature visualizations",
-             "examples": "dataset examples", "page": "pages"}
+             "examples": "dataset examples", "page": "pages", "cases": "cases over the images"}
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total:

@@ -38,17 +38,20 @@ from .models import get_module, resolve
 __all__ = ["TopExamples", "layer_scores", "select", "top_examples"]
 
 _POSITIONS = ("max", "centre")
+#: value of a crop where the receptive field lies outside the image (grey)
+FILL = 0.5
 
 
 @dataclass
 class TopExamples:
     """The examples of an image set that activate a unit most (strongest first).
 
-    ``images``: crops ``[k, 3, h, w]`` in [0, 1] for display (the unit's receptive field at ``positions``;
-    ``h, w`` = the field's size, at most the image size); ``values``: activations ``[k]``, descending;
+    ``images``: crops ``[k, 3, h, w]`` in [0, 1] for display: the unit's receptive field (``h, w`` = its full
+    size, measured on the model) at ``positions``, exactly placed, grey (:data:`FILL`) where it reaches
+    past the image border (:mod:`weightviz._crops`); ``values``: activations ``[k]``, descending;
     ``indices``: ``[k]`` indices into the image set; ``positions``: ``[k, 2]`` output positions ``(y, x)``
-    of the layer (``-1`` for a layer without spatial axes); ``boxes``: ``[k, 4]`` image boxes
-    ``(r0, r1, c0, c1)`` cropped. Only examples on which the unit fires (activation > 0) are kept, so
+    of the layer (``-1`` for a layer without spatial axes); ``boxes``: ``[k, 4]`` the part of each field
+    inside the image, ``(r0, r1, c0, c1)``. Only examples on which the unit fires (activation > 0) are kept, so
     ``k`` may be smaller than asked; ``fires`` is False when the unit fires on none of the ``n_images``
     (``max_value`` is then its largest activation, <= 0, and there are no examples).
     """
@@ -152,15 +155,21 @@ def select(model: nn.Module, layer: str, unit: int, images, values: torch.Tensor
     if not keep and warn:
         warnings.warn(f"unit {unit} of {layer!r} never fires on these {len(images)} images (largest activation "
                       f"{max_value:.4g} <= 0): no dataset examples", UserWarning, stacklevel=3)
-    size = tuple(images.raw(0).shape[-2:])
+    hw = tuple(int(v) for v in images.raw(0).shape[-2:])
     spatial = len(shape) == 3
-    canvas = _crops.canvas_size(model, layer, size, spatial) if keep else size
+    if spatial and keep:
+        from .expand import receptive_field
+
+        field = receptive_field(model, layer, None).size   # the untruncated field of one position
+        win = _crops.window(model, None, layer, hw, field)
+    else:                                                  # no positions: the whole image
+        field, win = hw, None
     crops, boxes = [], []
     for i in keep:
-        target = tuple(int(t) for t in pos[i]) if spatial else None
-        box = _crops.field_box(model, layer, size, target)
-        crops.append(_crops.crop_field(images.raw(i), box, canvas))
-        boxes.append(box)
+        r0, c0 = win.start(tuple(int(t) for t in pos[i])) if win is not None else (0, 0)
+        crops.append(_crops.crop(images.raw(i), (r0, c0), field, fill=FILL))
+        boxes.append((max(r0, 0), min(r0 + field[0], hw[0]), max(c0, 0), min(c0 + field[1], hw[1])))
+    canvas = field if keep else hw
     idx = torch.tensor(keep, dtype=torch.long)
     return TopExamples(
         layer=layer, unit=unit,
@@ -187,8 +196,7 @@ def top_examples(
     receptive field at the most active position.
 
     ``images``: an :class:`weightviz.ImageSet`, a folder path, a tensor ``[N, C, H, W]`` prepared for the
-    model, or ``None`` (the embedded natural images; see :func:`weightviz.as_images`). Square images are
-    needed for the crops. ``position``: ``"max"`` (activation = max over the output map) or ``"centre"``
+    model, or ``None`` (the embedded natural images; see :func:`weightviz.as_images`). ``position``: ``"max"`` (activation = max over the output map) or ``"centre"``
     (see the module docstring). ``progress(done, total)`` is called after each batch.
 
     Returns :class:`TopExamples` (``.images`` ``[k, 3, h, w]`` in [0, 1], ``.values`` descending,

@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "metrics_cmd",
     "examples_cmd",
     "bestcase_cmd",
+    "cases_cmd",
 ]
 
 

@@ -13,24 +13,30 @@ _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers M
 _UNITS_HELP = "Units that get pages, in every layer: '0:16', '3,7,9' (default: all)."
 
 
-_IMAGES_HELP = ("Folder of images for the dataset examples on unit pages (jpg/png/webp/bmp, recursive); default: "
-                "the embedded natural images.")
-_N_IMAGES_HELP = "Images scored for the dataset examples (a seeded subset; 0 = all)."
-_EXAMPLES_HELP = "Dataset examples per unit page (0 = no dataset-examples section)."
+_IMAGES = typer.Option(None, "--images", help="Folder of images for the dataset examples and the cases panels "
+                       "(jpg/png/webp, recursive; default: the embedded natural images).")
+_CASES = typer.Option(2, "--cases", help="Cases per unit in the cases panel (per-example gradients from the "
+                      "unit's primary source, factored over the images); 0: no cases panel.")
+_CASE_IMAGES = typer.Option(32, "--case-images", help="Number of images the cases are computed on.")
+_EXAMPLES = typer.Option(9, "--examples", help="Dataset examples per unit page (0 = no dataset-examples section).")
+_EXAMPLE_IMAGES = typer.Option(128, "--example-images", help="Images scored for the dataset examples, at the "
+                               "model's input size (a seeded subset; 0 = all).")
 
 
 def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, seed: int,
-            images: Path | None = None, n_images: int = 128, examples: int = 9):
+            images: Path | None = None, cases: int = 2, case_images: int = 32, examples: int = 9,
+            example_images: int = 128):
     from ..errors import WeightvizError
     from ..explore import ExploreConfig
 
-    if images is not None and examples > 0 and not Path(images).is_dir():
-        raise WeightvizError(f"--images {str(images)!r} is not a folder of images; pass a directory")
-    if n_images < 0:
-        raise WeightvizError(f"--n-images must be >= 0 (0 = all), got {n_images}")
+    if images is not None and not Path(images).is_dir():
+        raise WeightvizError(f"--images {str(images)!r} is not a folder; give a folder of jpg/png/webp images")
+    if example_images < 0:
+        raise WeightvizError(f"--example-images must be >= 0 (0 = all), got {example_images}")
     return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed,
-                         examples=examples, images=None if images is None else str(images),
-                         n_images=n_images or None)
+                         cases=cases, case_images=case_images,
+                         images=str(Path(images).resolve()) if images is not None else None,
+                         examples=examples, example_images=example_images or None)
 
 
 @app.command("explore")
@@ -48,9 +54,11 @@ def explore_cmd(
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     cache: Path = typer.Option(None, "--cache", help="Render cache directory (default: $WEIGHTVIZ_CACHE/renders or ~/.cache/weightviz/renders)."),
-    images: Path = typer.Option(None, "--images", help=_IMAGES_HELP),
-    n_images: int = typer.Option(128, "--n-images", help=_N_IMAGES_HELP),
-    examples: int = typer.Option(9, "--examples", help=_EXAMPLES_HELP),
+    images: Path = _IMAGES,
+    cases: int = _CASES,
+    case_images: int = _CASE_IMAGES,
+    examples: int = _EXAMPLES,
+    example_images: int = _EXAMPLE_IMAGES,
 ) -> None:
     """Write a static explorer site: index of layers, a page per layer (FV + NMF image of every unit) and
     per unit (dataset examples, top inputs direct and expanded, top outputs, weight factors, banding), all
@@ -70,7 +78,7 @@ def explore_cmd(
         from ..errors import WeightvizError
 
         raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, n_images, examples)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
@@ -78,7 +86,7 @@ def explore_cmd(
     err_console.print(f"exploring {len(ex.layers)} layers of {model} ({', '.join(ex.layers)}): {n_pages} unit pages",
                       markup=False, highlight=False)
     names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations",
-             "examples": "dataset examples", "page": "pages"}
+             "examples": "dataset examples", "page": "pages", "cases": "cases over the images"}
     with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -109,9 +117,11 @@ def serve_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request."),
-    images: Path = typer.Option(None, "--images", help=_IMAGES_HELP),
-    n_images: int = typer.Option(128, "--n-images", help=_N_IMAGES_HELP),
-    examples: int = typer.Option(9, "--examples", help=_EXAMPLES_HELP),
+    images: Path = _IMAGES,
+    cases: int = _CASES,
+    case_images: int = _CASE_IMAGES,
+    examples: int = _EXAMPLES,
+    example_images: int = _EXAMPLE_IMAGES,
 ) -> None:
     """Serve the explorer live: pages computed on demand and cached in SQLite (keyed by the model's
     weights hash). Any layer and any earlier source layer can be browsed.
@@ -124,7 +134,7 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
-    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, n_images, examples)
+    cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, name=model)

@@ -57,9 +57,13 @@ class ExploreConfig:
     inputs/outputs per unit; ``n_factors`` weight factors (one-sided NMF components) per unit;
     ``factor_k`` inputs listed per factor; ``sources``: how many earlier explored layers (besides the
     direct predecessor) a unit's inputs are expanded from; ``batch``: FVs per render batch;
-    ``factor_fvs``: render the FV of each factor direction. Dataset examples: ``examples`` crops per unit
-    page (0: no section) from ``n_images`` images (a seeded subset; ``None``: all) of ``images`` (a folder
-    path; ``None``: the embedded natural images)."""
+    ``factor_fvs``: render the FV of each factor direction. Cases panel (:func:`weightviz.cases` of each
+    unit's inputs from its primary source over an image set): ``cases`` per unit (0, the default here: no
+    panel; the CLI's ``explore``/``serve`` default to 2),
+    ``case_images`` images of side ``case_size`` px from folder ``images`` (``None``: the embedded set).
+    Dataset examples: ``examples`` crops per unit page (0: no section) from ``example_images`` images (a
+    seeded subset; ``None``: all) of folder ``images`` (``None``: the embedded set) at the model's input
+    size."""
 
     size: int = 64
     steps: int = 64
@@ -70,9 +74,12 @@ class ExploreConfig:
     sources: int = 1
     batch: int = 32
     factor_fvs: bool = True
-    examples: int = 9
+    cases: int = 0
+    case_images: int = 32
+    case_size: int = 96
     images: str | None = None
-    n_images: int | None = 128
+    examples: int = 9
+    example_images: int | None = 128
 
     def __post_init__(self):
         for name in ("size", "steps", "top_k", "n_factors", "factor_k", "batch"):
@@ -83,11 +90,17 @@ class ExploreConfig:
             raise WeightvizError(f"FV size must be at least 16 pixels, got {self.size}")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
             raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
+        if isinstance(self.cases, bool) or not isinstance(self.cases, int) or not 0 <= self.cases <= 6:
+            raise WeightvizError(f"cases must be an integer in 0..6 (0: no cases panel), got {self.cases!r}")
+        for name in ("case_images", "case_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (16 if name == "case_size" else 1):
+                raise WeightvizError(f"{name} must be an integer >= {16 if name == 'case_size' else 1}, got {v!r}")
         if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 0:
             raise WeightvizError(f"examples must be an integer >= 0 (0: no dataset examples), got {self.examples!r}")
-        if self.n_images is not None and (isinstance(self.n_images, bool) or not isinstance(self.n_images, int)
-                                          or self.n_images < 1):
-            raise WeightvizError(f"n_images must be a positive integer or None (all), got {self.n_images!r}")
+        n = self.example_images
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise WeightvizError(f"example_images must be a positive integer or None (all), got {n!r}")
         if self.images is not None:
             object.__setattr__(self, "images", str(self.images))
 
@@ -556,6 +569,28 @@ class Explorer:
 
         return self._render([obj.direction(layer, torch.as_tensor(v, dtype=torch.float32)) for v in vectors])
 
+    # ------------------------------------------------------------------- cases (image set)
+    @_lru(1)
+    def image_set(self):
+        """The image set of the cases panels (``config.images`` or the embedded set, ``case_images``
+        images of ``case_size`` px, normalized for the model); :func:`weightviz.images`."""
+        from ..imageset import images
+
+        cfg = self.config
+        return images(cfg.images, model=self.model, size=cfg.case_size, n=cfg.case_images, seed=cfg.seed)
+
+    @_lru(256)
+    def cases(self, layer: str, unit: int, src: str | None):
+        """:func:`weightviz.cases` of ``unit``'s inputs from ``src`` over :meth:`image_set` (``config.cases``
+        cases, ``top_k`` inputs and 4 examples each); raises :class:`WeightvizError` e.g. when the unit never
+        fires on the images."""
+        from ..conditioned import cases
+
+        imgs = self.image_set()
+        cfg = self.config
+        with self.compute_lock:
+            return cases(self.model, src, layer, unit, imgs, cfg.cases, k=cfg.top_k, n_examples=4, seed=cfg.seed)
+
     def _render(self, objectives: list) -> torch.Tensor:
         from ..optvis.render import render
 
@@ -567,16 +602,16 @@ class Explorer:
 
     # ---------------------------------------------------------------------------- dataset examples
     @_lru(1)
-    def image_set(self):
-        """The image set of the dataset examples (:attr:`ExploreConfig.images`, ``n_images`` of them,
-        seeded), normalized for the model."""
+    def example_image_set(self):
+        """The image set of the dataset examples (folder :attr:`ExploreConfig.images` or the embedded set,
+        ``example_images`` of them, seeded, at the model's input size), normalized for the model."""
         from ..imageset import images
 
         cfg = self.config
         with self.compute_lock:
             imgs = images(cfg.images, model=self.model, seed=cfg.seed)
-            if cfg.n_images is not None and cfg.n_images < len(imgs):
-                imgs = images(cfg.images, model=self.model, n=cfg.n_images, seed=cfg.seed)
+            if cfg.example_images is not None and cfg.example_images < len(imgs):
+                imgs = images(cfg.images, model=self.model, n=cfg.example_images, seed=cfg.seed)
         return imgs
 
     @_lru(24)
@@ -585,7 +620,7 @@ class Explorer:
         (values ``[N, C]``, positions ``[N, C, 2]``, output shape), one batched pass for the whole layer."""
         from ..examples import layer_scores
 
-        imgs = self.image_set()
+        imgs = self.example_image_set()
         with self.compute_lock:
             return layer_scores(self.model, layer, imgs)
 
@@ -596,7 +631,7 @@ class Explorer:
         from ..examples import select
 
         values, positions, shape = self.layer_scores(layer)
-        imgs = self.image_set()
+        imgs = self.example_image_set()
         with self.compute_lock:
             return select(self.model, layer, unit, imgs, values, positions, shape, self.config.examples, warn=False)
 

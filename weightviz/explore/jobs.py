@@ -40,7 +40,7 @@ __all__ = [
     "stamp_path",
 ]
 
-JOB_KINDS = ("weights", "render", "examples", "page")
+JOB_KINDS = ("weights", "render", "examples", "page", "cases")
 # bump when the format of any output changes: every stamp then mismatches and the site rebuilds
 FORMAT_VERSION = 1
 
@@ -59,7 +59,8 @@ class Job:
 
     ``kind``: ``"weights"`` (weights, NMF images, top inputs/outputs of one layer), ``"render"`` (feature
     visualizations of a chunk of units/directions), ``"examples"`` (dataset examples of one layer's
-    units) or ``"page"`` (one HTML page). ``inputs``: JSON-able
+    units), ``"page"`` (one HTML page) or ``"cases"`` (the cases panels of one layer's units, over the
+    image set). ``inputs``: JSON-able
     parameters. ``outputs``: the files (relative to the site root) it writes; the job is done when all
     exist and its stamp holds its ``key``.
     """

@@ -23,6 +23,7 @@ from . import paths as P
 from .data import Explorer, Source
 
 __all__ = [
+    "cases_data",
     "error_html",
     "example_png",
     "examples_data",
@@ -146,7 +147,7 @@ def examples_data(ex: Explorer, layer: str, unit: int) -> dict[str, Any] | None:
         r = ex.unit_examples(layer, unit)
     except WeightvizError as e:  # e.g. images the model cannot take: say so in the section
         return {"layer": layer, "unit": unit, "error": str(e)}
-    imgs = ex.image_set()
+    imgs = ex.example_image_set()
     return {
         "layer": layer, "unit": unit, "n_images": r.n_images, "fires": r.fires, "max_value": r.max_value,
         "source": "the embedded natural images" if ex.config.images is None else ex.config.images,
@@ -161,6 +162,52 @@ def example_png(ex: Explorer, layer: str, unit: int, j: int) -> bytes:
     if not 0 <= j < len(r):
         raise IndexError(j)
     return _png.crop_png(r.images[j])
+
+
+# ------------------------------------------------------------------------------------ cases panel
+def _data_uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def cases_data(ex: Explorer, layer: str, unit: int) -> dict[str, Any] | None:
+    """The cases panel of a unit page (JSON-able; ``None`` when ``config.cases`` is 0): the gradients of
+    the unit w.r.t. its primary source over the explorer's image set, factored into cases
+    (:meth:`Explorer.cases`); each case's top inputs with the case's gradient and the expanded weight as
+    inline heatmaps on one scale, and the example crops that carry it. A unit that never fires on the
+    images (or too few firing images) gets ``{"error": ...}``."""
+    if not ex.config.cases:
+        return None
+    src = ex.primary_source(layer)
+    out: dict[str, Any] = {"src": src}
+    try:
+        c = ex.cases(layer, unit, src)
+    except WeightvizError as e:
+        return {**out, "error": str(e)}
+    P_ = c.patterns.detach().float().cpu()
+    E = c.expanded.detach().float().cpu()
+    shown = [[t.channel for t in ti] for ti in c.top_inputs]
+    vmax = _vmax(torch.cat([P_[j, ch] for j, ch in enumerate(shown)] + [E[sum(shown, [])]]))
+    rows = []
+    for j, ti in enumerate(c.top_inputs):
+        ex_j = c.examples[j]
+        rows.append({
+            "share": float(c.share[j]),
+            "inputs": [{"layer": src, "unit": t.channel, "norm": t.norm, "sign": t.sign,
+                        "grad": _data_uri(_png.heatmap_png(P_[j, t.channel], vmax, min_px=48)),
+                        "expanded": _data_uri(_png.heatmap_png(E[t.channel], vmax, min_px=48))} for t in ti],
+            "examples": [{"index": int(i), "act": float(a),
+                          "img": _data_uri(_png.rgb_png(ex_j.crops[e].permute(1, 2, 0)
+                                                        if ex_j.crops.shape[1] == 3 else
+                                                        ex_j.crops[e].mean(0)[..., None].expand(-1, -1, 3),
+                                                        min_px=48))}
+                         for e, (i, a) in enumerate(zip(ex_j.indices, ex_j.activations.tolist()))],
+        })
+    d = c.data
+    return {**out, "n_images": int(d.weights.shape[0]), "n_firing": int((d.activations > 0).sum()),
+            "explained": float(c.explained), "norm_ratio": float(c.norm_ratio()), "vmax": vmax,
+            "kh": int(P_.shape[-2]), "kw": int(P_.shape[-1]), "cases": rows}
 
 
 def _vmax(w: torch.Tensor) -> float:
@@ -224,10 +271,10 @@ def _conn(c: dict, here: str, linker: Linker, n_in: int | None = None) -> dict:
 
 
 def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
-              choices: Sequence[str] = (), chosen: str | None = None,
+              choices: Sequence[str] = (), chosen: str | None = None, cases: dict | None = None,
               examples: dict[str, Any] | None = None) -> str:
-    """The unit page from :func:`unit_data` output (and :func:`examples_data` output for the dataset
-    examples section; ``None``: no section)."""
+    """The unit page from :func:`unit_data` output (and the :func:`cases_data` panel, the
+    :func:`examples_data` dataset-examples section, if given)."""
     layer, unit = data["layer"], data["unit"]
     here = P.unit_path(layer, unit)
     info = ex.info(layer)
@@ -281,6 +328,7 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
         "no_inputs": "No inputs to show.",
         "outputs": outputs,
         "examples": _examples_ctx(examples),
+        "cases": _cases_ctx(cases, here, linker),
         "no_outputs": (f"Cannot compute the outputs: {data['outputs_error']}" if data.get("outputs_error") else
                        "This is the last explored layer; explore a later layer to see where its units lead."
                        if mode == "static" else "This is the last explored layer."),
@@ -293,6 +341,18 @@ def _examples_ctx(d: dict[str, Any] | None) -> dict[str, Any] | None:
         return d
     items = [{**it, "png": P.example_path(d["layer"], d["unit"], j)} for j, it in enumerate(d["items"])]
     return {**d, "items": items}
+
+
+def _cases_ctx(cases: dict | None, here: str, linker: Linker) -> dict | None:
+    """Template fields of the cases panel: FV and link of each input (as the connection cards)."""
+    if cases is None or cases.get("error"):
+        return cases
+    rows = []
+    for r in cases["cases"]:
+        ins = [{**c, **{k: v for k, v in _conn(c, here, linker).items() if k in ("fv", "href", "name")}}
+               for c in r["inputs"]]
+        rows.append({**r, "inputs": ins})
+    return {**cases, "cases": rows}
 
 
 def _source_label(ex: Explorer, layer: str) -> str:

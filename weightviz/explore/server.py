@@ -298,12 +298,17 @@ class ExplorerApp:
         blob = self.cache.get_or_compute(
             key, lambda: json.dumps(pages.unit_data(ex, layer, unit, sources)).encode())
         data = json.loads(blob)
+        cases = None
+        if ex.config.cases:
+            ckey = self._key("cases", layer, unit, ex.primary_source(layer))
+            cases = json.loads(self.cache.get_or_compute(
+                ckey, lambda: json.dumps(pages.cases_data(ex, layer, unit)).encode()))
         examples = None
         if ex.config.examples > 0:
             examples = json.loads(self.cache.get_or_compute(
                 self._key("examples", layer, unit), lambda: json.dumps(pages.examples_data(ex, layer, unit)).encode()))
         return pages.unit_html(ex, data, "server", lambda _layer, _unit: True,
-                               choices=ex.source_choices(layer), chosen=chosen, examples=examples)
+                               choices=ex.source_choices(layer), chosen=chosen, cases=cases, examples=examples)
 
 
 # ------------------------------------------------------------------------------------------ server

@@ -114,10 +114,20 @@ def build_site(
         report.seconds["weights"] = time.perf_counter() - t
         data = {layer: _load_data(root, layer) for layer in ex.layers}
 
+        # 1b. cases panels (per-example gradients over the image set): one job per explored layer
+        cases_docs: dict[str, dict] = {}
+        if cfg.cases:
+            t = time.perf_counter()
+            report.run.setdefault("cases", 0)
+            report.skipped.setdefault("cases", 0)
+            _run(executor, [_cases_job(ex, layer, salt) for layer in ex.layers], root, report, "cases", progress)
+            report.seconds["cases"] = time.perf_counter() - t
+            cases_docs = {layer: _load_cases(root, layer) for layer in ex.layers}
+
         # 2. renders: every FV a page shows, batched per layer; factor directions per (layer, source)
         t = time.perf_counter()
         pages_set = {(layer, u) for layer in ex.layers for u in ex.units[layer]}
-        rjobs = _render_jobs(ex, data, salt)
+        rjobs = _render_jobs(ex, data, salt, cases_docs)
         report.renders = sum(len(j.outputs) for j in rjobs)
         _run(executor, rjobs, root, report, "render", progress)
         report.seconds["render"] = time.perf_counter() - t
@@ -132,7 +142,7 @@ def build_site(
         # 4. pages
         t = time.perf_counter()
         link_key = hashlib.sha256(json.dumps(sorted(pages_set)).encode()).hexdigest()[:16]
-        pjobs = [_page_job(ex, layer, data[layer], link_key, salt) for layer in ex.layers]
+        pjobs = [_page_job(ex, layer, data[layer], link_key, salt, cases_docs.get(layer)) for layer in ex.layers]
         pjobs.append(Job("page", {"page": "index", "layers": ex.layers,
                                   "units": {k: v for k, v in ex.units.items()}}, ("index.html",), salt))
         _run(executor, pjobs, root, report, "page", progress)
@@ -256,9 +266,15 @@ def _load_data(root: Path, layer: str) -> dict[str, Any]:
     return json.loads((root / _data_path(layer)).read_text())
 
 
-def _render_jobs(ex: Explorer, data: dict[str, dict], salt: str) -> list[Job]:
+def _render_jobs(ex: Explorer, data: dict[str, dict], salt: str, cases_docs: dict | None = None) -> list[Job]:
     cfg = ex.config
     need: dict[str, set[int]] = {}
+    for doc in (cases_docs or {}).values():   # the inputs shown by the cases panels
+        for cs in doc["units"].values():
+            for r in cs.get("cases", []) if cs else []:
+                for c in r["inputs"]:
+                    if c["layer"] is not None:
+                        need.setdefault(c["layer"], set()).add(int(c["unit"]))
     factor_need: dict[tuple[str, str | None], list[list]] = {}
     for layer, d in data.items():
         need.setdefault(layer, set()).update(int(u) for u in d["units"])
@@ -307,12 +323,36 @@ def _load_examples(root: Path, layer: str) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _page_job(ex: Explorer, layer: str, d: dict, link_key: str, salt: str) -> Job:
+def _page_job(ex: Explorer, layer: str, d: dict, link_key: str, salt: str, cases: dict | None = None) -> Job:
     units = [int(u) for u in d["units"]]
     outputs = (P.layer_path(layer), *(P.unit_path(layer, u) for u in units))
     data_key = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-    return Job("page", {"page": "layer", "layer": layer, "units": units, "data": data_key, "links": link_key},
-               outputs, salt)
+    inputs = {"page": "layer", "layer": layer, "units": units, "data": data_key, "links": link_key}
+    if cases is not None:
+        inputs["cases"] = hashlib.sha256(json.dumps(cases, sort_keys=True).encode()).hexdigest()[:16]
+    return Job("page", inputs, outputs, salt)
+
+
+def _cases_path(layer: str) -> str:
+    return f"data/cases/{P.slug(layer)}.json"
+
+
+def _cases_job(ex: Explorer, layer: str, salt: str) -> Job:
+    cfg = ex.config
+    inputs = {"layer": layer, "units": ex.units[layer], "src": ex.primary_source(layer), "cases": cfg.cases,
+              "images": cfg.images, "n": cfg.case_images, "size": cfg.case_size}
+    return Job("cases", inputs, (_cases_path(layer),), salt)
+
+
+def _load_cases(root: Path, layer: str) -> dict[str, Any]:
+    return json.loads((root / _cases_path(layer)).read_text())
+
+
+def _run_cases(ex: Explorer, root: Path, inp: dict) -> int:
+    layer = inp["layer"]
+    doc = {"layer": layer, "units": {str(u): pages.cases_data(ex, layer, u) for u in inp["units"]}}
+    _write_bytes(root / _cases_path(layer), json.dumps(doc).encode())
+    return 1
 
 
 # ------------------------------------------------------------------------------------- running jobs
@@ -325,6 +365,8 @@ def run_job(ex: Explorer, job: Job) -> int:
         return _run_render(ex, root, job.inputs)
     if job.kind == "examples":
         return _run_examples(ex, root, job.inputs)
+    if job.kind == "cases":
+        return _run_cases(ex, root, job.inputs)
     return _run_page(ex, root, job.inputs)
 
 
@@ -408,9 +450,11 @@ def _run_page(ex: Explorer, root: Path, inp: dict) -> int:
     primary = ex.primary_source(layer)
     nmf_ok = all(not s.get("error") for d in data["units"].values() for s in d["sources"] if s["src"] == primary)
     _write_bytes(root / P.layer_path(layer), pages.layer_html(ex, layer, inp["units"], "static", nmf=nmf_ok).encode())
+    cases = _load_cases(root, layer)["units"] if "cases" in inp else {}
     examples = _load_examples(root, layer) if ex.config.examples > 0 else {}
     for u in inp["units"]:
-        html = pages.unit_html(ex, data["units"][str(u)], "static", linker, examples=examples.get(str(u)))
+        html = pages.unit_html(ex, data["units"][str(u)], "static", linker, cases=cases.get(str(u)),
+                               examples=examples.get(str(u)))
         _write_bytes(root / P.unit_path(layer, u), html.encode())
     return 1 + len(inp["units"])
 

@@ -26,6 +26,7 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 
 # figure modules register themselves on import (after FIGURES and register_figure exist)
 from .bestcase import best_case  # noqa: E402
+from .conditioned import cases, data_weights  # noqa: E402
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
 from .examples import top_examples  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
@@ -39,6 +40,8 @@ __all__ = [
     "Figure",
     "as_images",
     "best_case",
+    "cases",
+    "data_weights",
     "expanded",
     "factorize_family",
     "family_grid",
