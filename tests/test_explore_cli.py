@@ -52,7 +52,7 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
     (["explore", MODEL, "-o", "{new}", "--jobs", "0"], "--jobs must be at least 1"),
     (["explore", MODEL, "-o", "{new}", "--size", "8"], "at least 16 pixels"),
     (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
-    (["explore", MODEL, "-o", "{new}", "--images", "{file}"], "not a folder of images"),
+    (["explore", MODEL, "-o", "{new}", "--images", "{file}"], "is not a folder"),
     (["explore", MODEL, "-o", "{new}", "--examples", "-1"], "examples must be an integer >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
