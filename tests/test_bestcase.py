@@ -55,8 +55,8 @@ def test_gradient_equals_independent_autograd_and_ratio_matches_expanded(src_uni
 
 def test_optimization_raises_the_connection():
     model = _net()
-    first = best_case(model, "0", "4", 1, size=16, steps=1, progress=False)
-    later = best_case(model, "0", "4", 1, size=16, steps=40, progress=False)
+    first = best_case(model, "0", "4", 1, size=16, steps=1, lr=0.5, progress=False)
+    later = best_case(model, "0", "4", 1, size=16, steps=40, lr=0.5, progress=False)
     assert later.value > 1.2 * first.value
 
 

@@ -48,10 +48,10 @@ __all__ = ["BestCase", "best_case", "connection_gradient"]
 
 #: softplus sharpness at the first and last optimization step (see the module docstring)
 SMOOTH_RELU = (1.0, 20.0)
-#: defaults chosen by measurement on lite0 (BENCHMARKS.md): the gradient is a local, sharp quantity, so
-#: unlike a feature visualization it needs a larger step and no random transforms (jitter moves the
-#: pattern off the one position it must excite; with them the best case reached half the value)
-LR = 0.5
+#: defaults chosen by measurement on lite0 (benchmarks/bestcase.py, BENCHMARKS.md): the FV learning rate,
+#: but no random transforms: the gradient is a local, sharp quantity, and jitter moves the pattern off the
+#: one position it must excite (with Lucid's transforms the best case reached half the value, below the data)
+LR = 0.05
 STEPS = 128
 
 
