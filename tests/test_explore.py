@@ -203,7 +203,7 @@ def test_unit_data_matches_independent_computations(tiny, ex):
     for c in direct["items"]:
         assert c["norm"] == pytest.approx(float(norms[c["unit"]]), rel=1e-5)
         assert c["sign"] == int(torch.sign(W2[c["unit"]].sum()))
-    assert direct["vmax"] == pytest.approx(float(W2.abs().max()), rel=1e-6)
+    assert direct["vmax"] == pytest.approx(float(W2.abs().max()), rel=1e-5)
     assert (direct["kh"], direct["kw"], direct["c_in"]) == (3, 3, 8)
     # outputs: conv3 (1x1) directly after conv2, so W[o, 5] are conv3's own weights from channel 5
     W3 = wv.weights(tiny, "conv3")[:, 5, 0, 0]

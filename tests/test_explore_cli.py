@@ -45,7 +45,7 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
     (["explore", MODEL, "-o", "{new}", "--layers", "classifier"], "cannot be explored"),  # a container
     (["explore", MODEL, "-o", "{new}", "--units", "a:b"], "cannot read units"),
     (["explore", MODEL, "-o", "{new}", "--jobs", "0"], "--jobs must be at least 1"),
-    (["explore", MODEL, "-o", "{new}", "--size", "8"], "at least 16 pixels"),
+    (["explore", MODEL, "-o", "{new}", "--size", "8"], "from 16 to 1024 pixels"),
     (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):

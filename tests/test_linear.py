@@ -52,7 +52,7 @@ def test_activations_become_identity(name):
     expected = model[2](conv(x))  # the hand-linearized network: activation removed
     with wv.linearized(model):
         y = model(x)
-    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
     # outside the context the nonlinearity is back (a check that the test can fail)
     if "dropout" not in name and "lrn" not in name:
         assert not torch.allclose(model(x), expected, atol=1e-4)

