@@ -65,7 +65,8 @@ def explore_cmd(
                 tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex)
+        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex,
+                            on_wait=lambda line: err_console.print(line, markup=False, highlight=False))
     typer.echo(f"wrote {report.index} ({report.summary()})")
     typer.echo(f"open it: file://{report.index.resolve()}")
 
