@@ -105,7 +105,8 @@ def _aborted() -> int:
 
 def _usage_error(e: UsageError) -> None:
     """The usage line of the command that failed, then one ``error:`` line (exit status 2)."""
-    usage = e.ctx.get_usage().strip() if e.ctx is not None else "Usage: weightviz [OPTIONS] COMMAND [ARGS]..."
+    usage = e.ctx.get_usage() if e.ctx is not None else "Usage: weightviz [OPTIONS] COMMAND [ARGS]..."
+    usage = " ".join(usage.split())  # one line, however long
     hint = ""
     if e.ctx is not None:
         hint = f" (see `{e.ctx.command_path} --help`)"

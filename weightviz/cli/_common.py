@@ -58,7 +58,7 @@ def count_option(default: int | None, *names: str, help: str, min: int = 1) -> A
 
 def size_option(default: int, help: str = "Feature-visualization size in pixels.") -> Any:  # noqa: A002
     """``--size``: an image side in pixels, within the one bound of render, figures and explorer."""
-    from ..optvis.render import MAX_SIZE, MIN_SIZE
+    from .._limits import MAX_SIZE, MIN_SIZE
 
     return typer.Option(default, "--size", min=MIN_SIZE, max=MAX_SIZE, help=f"{help} ({MIN_SIZE}..{MAX_SIZE})")
 
@@ -104,7 +104,14 @@ def progress_bar(description: str, total: int | None) -> Iterator[callable]:
 
 def load(model_spec: str):
     """Load a model from a CLI spec (errors become WeightvizError)."""
+    import warnings
+
     from ..models import load_model
 
-    with err_console.status(f"loading {model_spec}", spinner="dots"):
-        return load_model(model_spec)
+    with warnings.catch_warnings(record=True) as caught:  # shown after the spinner, not inside its display
+        warnings.simplefilter("always")
+        with err_console.status(f"loading {model_spec}", spinner="dots"):
+            model = load_model(model_spec)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return model

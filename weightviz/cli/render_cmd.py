@@ -32,10 +32,11 @@ def render_cmd(
 
     Example: weightviz render efficientnet_lite0 blocks.4.1 0:16 -o grid.png --steps 256
     """
+    from .._limits import check_size
     from ..models import get_module, input_spec, model_name, parse_units
     from ..optvis import objectives as obj
     from ..optvis.cache import RenderCache
-    from ..optvis.render import DEFAULT_STEPS, _probe_shapes, check_size, render
+    from ..optvis.render import DEFAULT_STEPS, _probe_shapes, render
 
     check_output(output, (".png",) if raw else (".png", ".svg"))
     if objective not in ("channel", "neuron"):

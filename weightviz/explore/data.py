@@ -74,7 +74,7 @@ class ExploreConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
-        from ..optvis.render import check_size
+        from .._limits import check_size
 
         check_size(self.size, "FV size")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:

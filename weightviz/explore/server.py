@@ -26,12 +26,14 @@ layer (``?src=LAYER``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -218,20 +220,29 @@ class ExplorerApp:
         return "|".join(str(p) for p in parts) + "|" + self._cfg
 
     # -------------------------------------------------------------------------------- handling
-    def handle(self, target: str) -> tuple[int, str, bytes]:
-        """Answer a request target (path and query). Never raises. While the server stops: 503."""
+    @contextlib.contextmanager
+    def request(self) -> Iterator[bool]:
+        """Hold while answering one request (computing and writing it): :meth:`close` waits for every
+        request held. Yields ``False`` once the server is stopping (answer 503 without computing)."""
         with self._idle:
             if self._closing:
-                return 503, _TYPES[".html"], self._error("The server is shutting down.", 503)
+                yield False
+                return
             self._active += 1
         try:
-            return self._handle(target)
+            yield True
         finally:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def _handle(self, target: str) -> tuple[int, str, bytes]:
+    def unavailable(self) -> tuple[int, str, bytes]:
+        return 503, _TYPES[".html"], self._error("The server is shutting down.", 503)
+
+    def handle(self, target: str) -> tuple[int, str, bytes]:
+        """Answer a request target (path and query). Never raises."""
+        if self._closing:
+            return self.unavailable()
         try:
             split = urlsplit(target)
             route = P.parse(split.path)
@@ -244,7 +255,7 @@ class ExplorerApp:
         except WeightvizError as e:
             return 404, _TYPES[".html"], self._error(str(e), 404)
         except Cancelled:
-            return 503, _TYPES[".html"], self._error("The server is shutting down.", 503)
+            return self.unavailable()
         except Exception as e:  # noqa: BLE001 - a page, never a traceback
             line = (str(e).strip().splitlines() or [""])[0][:300]
             print(f"weightviz serve: error on {target!r}: {type(e).__name__}: {line}", file=sys.stderr)
@@ -364,7 +375,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         app: ExplorerApp = self.server.app  # type: ignore[attr-defined]
-        status, ctype, body = app.handle(self.path)
+        with app.request() as open_:
+            status, ctype, body = app.handle(self.path) if open_ else app.unavailable()
+            self._send(status, ctype, body, head)
+
+    def _send(self, status: int, ctype: str, body: bytes, head: bool) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._limits import MAX_SIZE, MIN_SIZE, check_size
 from ..errors import WeightvizError
 from ..models import input_spec, model_hash, resolve
 from ._hooks import Capture, RedirectReLU, activations, frozen
@@ -109,17 +110,6 @@ def _resolve_cache(cache) -> RenderCache | None:
     if isinstance(cache, (str, os.PathLike)):
         return RenderCache(cache)
     raise WeightvizError(f"cache must be None, True, a path or a RenderCache, got {type(cache).__name__}")
-
-
-#: Feature-visualization image sides allowed everywhere (render, figures, explorer, CLI): one bound.
-MIN_SIZE, MAX_SIZE = 16, 1024
-
-
-def check_size(size, what: str = "size") -> int:
-    """``size`` as an int in ``MIN_SIZE..MAX_SIZE`` pixels, else :class:`WeightvizError` naming ``what``."""
-    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise WeightvizError(f"{what} must be an integer from {MIN_SIZE} to {MAX_SIZE} pixels, got {size!r}")
-    return size
 
 
 def _positive_int(v, name: str) -> int:
