@@ -110,17 +110,37 @@ def _torch_load(path: Path) -> object:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))  # the class/function the pickle would import
-        if not found:
+        name = found.group(1) if found else (None if is_zip else _pickle_global(path))
+        if name is None:
             raise WeightvizError(f"{str(path)!r} is not a readable PyTorch weights file: it is corrupt or "
                                  "truncated") from None
         raise WeightvizError(
             f"refusing to load {str(path)!r}: it holds pickled Python objects, not only tensors (it references "
-            f"{found.group(1)}), and pickles are never loaded here; save model.state_dict() instead (or use "
-            ".safetensors)"
+            f"{name}), and pickles are never loaded here; save model.state_dict() instead (or use .safetensors)"
         ) from None
     except Exception:  # noqa: BLE001 - torch raises many types for damaged files
         raise WeightvizError(f"{str(path)!r} is not a readable PyTorch weights file: it is corrupt or "
                              "truncated") from None
+
+
+def _pickle_global(path: Path) -> str | None:
+    """The first class/function a plain pickle file would import, read with :mod:`pickletools` (which
+    only parses opcodes, never runs them); ``None`` if there is none or the file is not a pickle."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a pickle (or a damaged one)
+        return None
+    return None
 
 
 def _first_line(e: BaseException) -> str:
