@@ -457,8 +457,9 @@ def test_cli_errors_exit_2_one_line(tmp_path, capsys):
     from weightviz.cli import main
 
     assert main(["tail", "torchvision:resnet18", "layer4.1.conv9", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "Did you mean" in err and "Traceback" not in err
+    random_init, err = capsys.readouterr().err.strip().split("\n", 1)  # no @weights: said first, one line
+    assert random_init.startswith("no weights given: random initialization")
+    assert err.count("\n") == 0 and "Did you mean" in err and "Traceback" not in err
     assert main(["tail", "torchvision:resnet18", "layer4.1.conv2", "600"]) == 2
     assert "out of range" in capsys.readouterr().err
     # the output is checked before any work (no model is loaded for a bad suffix)
