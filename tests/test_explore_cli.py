@@ -219,3 +219,38 @@ def test_two_explore_builds_of_one_site_run_one_after_the_other(tmp_path):
     runs = sorted("jobs run: 0 weights, 0 render, 0 page" in out for out in outs)
     assert runs == [False, True], outs  # exactly one of them did the work
     assert (site / "index.html").is_file()
+
+
+def test_ctrl_c_stops_an_explore_with_worker_processes_at_once(tmp_path):
+    """SIGINT to the main process while workers run (practically endless) renders: the workers are
+    terminated, not waited for; exit status 130 with one 'aborted' line, no index written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
+    site = tmp_path / "site"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weightviz.cli", "explore", MODEL, "-o", str(site), "--layers", "features.3",
+         "--units", "0:2", "--size", "16", "--steps", "10000000", "--jobs", "2", "--no-factor-fvs"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:  # planned: the build (and its worker pool) starts now
+            if line.startswith("exploring "):
+                break
+        for _ in range(3000):  # the weights stage ran in the workers: renders are next (at most 600 s)
+            if any(site.glob("data/*.json")):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
+    assert not (site / "index.html").exists()

@@ -173,8 +173,10 @@ def _build(ex: Explorer, root: Path, jobs: int, progress: Progress | None, t0: f
         _run(executor, pjobs, root, report, "page", progress)
         report.seconds["page"] = time.perf_counter() - t
         report.pages = len(pages_set)
-    finally:
-        executor.close()
+    except BaseException:  # an error or Ctrl-C: do not wait for the jobs the workers are running
+        getattr(executor, "abort", executor.close)()
+        raise
+    executor.close()
     return report
 
 
