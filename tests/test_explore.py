@@ -393,6 +393,9 @@ def test_server_renders_concurrent_requests_once_in_one_batch(app):
     paths = [f"/img/fv/conv2/{u}.png" for u in range(8)] * 3
     results = {}
     barrier = threading.Barrier(len(paths))
+    # the render thread gathers until all 8 images are queued (not for a fixed time: no timing dependence)
+    all_queued = threading.Event()
+    app.renders._gather = lambda: all_queued.wait(timeout=300)
 
     def get(i, p):
         barrier.wait()
@@ -401,11 +404,17 @@ def test_server_renders_concurrent_requests_once_in_one_batch(app):
     threads = [threading.Thread(target=get, args=(i, p)) for i, p in enumerate(paths)]
     for t in threads:
         t.start()
+    for _ in range(30000):  # at most 300 s
+        with app.renders._cv:
+            if len(app.renders._pending) == 8:
+                break
+        threading.Event().wait(0.01)
+    all_queued.set()
     for t in threads:
         t.join()
     assert all(r[0] == 200 for r in results.values())
     assert app.computations == 8  # 24 requests, 8 distinct images, each computed once
-    assert app.renders.batches <= 2  # gathered into (nearly always) one render batch
+    assert app.renders.batches == 1  # gathered into one render batch
     for i in range(8):  # equal paths got equal bytes
         assert results[i][2] == results[i + 8][2] == results[i + 16][2]
 

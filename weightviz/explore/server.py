@@ -101,7 +101,7 @@ class RenderQueue:
                     self._cv.wait()
                 if self._closed:
                     return []
-            time.sleep(self.gather_s)  # let the other images of the same page arrive
+            self._gather()
             with self._cv:
                 if self._closed:
                     return []
@@ -112,6 +112,10 @@ class RenderQueue:
             group = (first[0], first[1])
             batch = [(k, v) for k, v in self._pending.items() if (v[0], v[1]) == group][: self.ex.config.batch]
         return batch
+
+    def _gather(self) -> None:
+        """Before taking a batch: let the other images of the same page arrive."""
+        time.sleep(self.gather_s)
 
     def _loop(self) -> None:
         while True:
