@@ -221,8 +221,8 @@ def test_preprocess_gives_the_channels_of_the_first_conv():
     lum = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
     torch.testing.assert_close(x, torch.full_like(x, (lum - 0.5) / 0.5), rtol=1e-6, atol=1e-6)
     assert tuple(gray(x).shape[:2]) == (1, 4)  # the model takes it
-    two = nn.Sequential(nn.Conv2d(2, 4, 3)).eval()
-    assert wv.preprocess(img, two).shape == (1, 2, 224, 224)
+    with pytest.raises(WeightvizError, match="takes 2-channel input"):
+        wv.preprocess(img, nn.Sequential(nn.Conv2d(2, 4, 3)).eval())
     assert wv.preprocess(img[..., 0], nn.Sequential(nn.Conv2d(3, 4, 3))).shape == (1, 3, 224, 224)  # grey in
 
 

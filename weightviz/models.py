@@ -258,12 +258,16 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
     ``size / crop_pct`` (interpolation of the model's config; bicubic for lite0), centre-crop ``size``,
     scale to [0, 1], normalize with the spec's mean/std. Returns ``[1, C, size, size]`` float32 with
     ``C`` the channels the model's first conv takes (:func:`input_spec`): 3 as RGB, 1 as luminance
-    (PIL ``"L"``: ITU-R 601-2), any other count as the luminance repeated.
+    (PIL ``"L"``: ITU-R 601-2). Other channel counts raise :class:`WeightvizError` (an image has no
+    natural mapping to them; prepare the tensor yourself).
     """
     import numpy as np
     from PIL import Image
 
     spec = input_spec(model)
+    if spec.channels not in (1, 3):
+        raise WeightvizError(f"the model takes {spec.channels}-channel input; an image gives 3 (RGB) or 1 "
+                             "(luminance): prepare a tensor [1, C, H, W] for it yourself")
     if not isinstance(image, Image.Image):
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
@@ -280,8 +284,6 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
     image = image.crop((left, top, left + spec.size, top + spec.size))
     arr = np.asarray(image, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).permute(2, 0, 1)[None] if arr.ndim == 3 else torch.from_numpy(arr)[None, None]
-    if x.shape[1] != spec.channels:
-        x = x.expand(1, spec.channels, *x.shape[-2:]).contiguous()
     return spec.normalize(x)
 
 
