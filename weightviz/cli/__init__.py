@@ -15,8 +15,20 @@ import sys
 import warnings
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer's own click
-from typer.exceptions import TyperException
+
+try:  # recent typer bundles its own click (typer._click): its exceptions are the ones raised
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    from typer.exceptions import TyperException
+except ImportError:  # pragma: no cover - older typer runs on the click package
+    from click.exceptions import ClickException, UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:  # click < 8.2 prints the help and exits 0 itself
+        class NoArgsIsHelpError(UsageError):
+            """Never raised by this click."""
+
+    TyperException = ClickException
 
 from .. import __version__
 from ..errors import WeightvizError
