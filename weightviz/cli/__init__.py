@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _aborted() -> int:
-    err_console.print("aborted", markup=False, highlight=False)
+    # plain write, not the rich console: a Ctrl-C inside one of its prints can leave its buffer holding
+    # text already written, which its next print would write again
+    typer.echo("aborted", err=True)
     return _exit(130)
 
 

@@ -75,7 +75,7 @@ def install_warning_display() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if isinstance(category, type) and issubclass(category, WeightvizWarning):
-            err_console.print(str(message), markup=False, highlight=False, soft_wrap=True)
+            typer.echo(str(message), err=True)  # (a plain write: see cli._aborted)
         else:
             default(message, category, filename, lineno, file, line)
 
