@@ -227,6 +227,7 @@ def _forward(
         if not trace.lin.is_tracked(out):
             raise WeightvizError(f"layer {dst!r} does not depend on {where}: no route leads from {src!r} to "
                                  f"{dst!r} (parallel branches, or only through a sigmoid gate, which is frozen to a constant)")
+        trace.lin.check_result(out)
         trace.dst_out = out
         trace.dst_node = trace.lin.node_of(out)
         trace.act_numel = sum(t.numel() for t in trace.lin._tracked.values())
@@ -239,6 +240,7 @@ def _forward(
             if not isinstance(out, torch.Tensor) or not trace.lin.is_tracked(out):
                 raise WeightvizError(f"layer {name!r} does not depend on {where}: via= must name a layer on a "
                                      f"route from {src!r} to {dst!r}")
+            trace.lin.check_result(out)
             trace.captures[name] = out
             # a copy flows on, so later in-place ops (x += skip) do not change the captured tensor
             y = out.clone() if dm is None or name not in dm else out + dm[name]

@@ -20,6 +20,14 @@ dropout (all variants), local_response_norm             identity
 sigmoid, hardsigmoid (squeeze-excite gates)             the constant ``gate`` (default 0.5 = their
                                                         value at zero input); the gate's own input
                                                         branch therefore drops out
+``x * g(x)``: self-gating product, g = sigmoid,       ``limit * x``, the fused op's stand-in
+hardsigmoid or relu6/clamp(0, hi) of ``a*x + b``        (hand-written SiLU ``x * sigmoid(x)`` and
+(a > 0), optionally scaled by a positive number          hardswish ``x * relu6(x + 3) / 6`` give the
+                                                        same map as ``F.silu`` / ``F.hardswish``)
+amax, amin, max, min, maximum, minimum                  allowed only where the result feeds nothing but
+                                                        a sigmoid gate (CBAM attention): the gate is a
+                                                        constant, so that branch drops out; reaching
+                                                        the measured layer otherwise raises
 max_pool{1,2,3}d, adaptive_max_pool{1,2,3}d             avg_pool / adaptive_avg_pool of the same
                                                         window, stride and padding (zero padding
                                                         counted, never -inf)
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -120,6 +129,21 @@ _SHAPE_ONLY = {
     "__len__", "data_ptr", "storage_offset", "get_device", "__format__", "__repr__", "detach",
     "detach_", "__hash__",
 }
+
+# Self-gating products ``x * g(x)`` (hand-written SiLU, hardswish, quick-GELU): linearized like the fused op.
+# Gates of x: sigmoid/hardsigmoid (limit 1) and clamps to [0, hi] (relu6, hardtanh(0, hi), clamp(0, hi); limit
+# hi) of ``a * x + b`` with a > 0, times/divided by positive numbers; ``x * g(x)`` becomes ``limit * x``, the
+# linear piece the product follows for large positive x (as F.silu and F.hardswish -> identity).
+_SELF_GATE_MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
+_GATE_SIGMOID = {"sigmoid", "hardsigmoid"}
+_GATE_CLAMP = {"relu6": (1, None), "hardtanh": (1, 2), "clamp": (1, 2), "clip": (1, 2)}  # min/max positions
+_AFFINE_NUMBER = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__isub__", "sub_",
+                  "mul", "__mul__", "__rmul__", "__imul__", "mul_", "multiply", "div", "__truediv__",
+                  "__itruediv__", "div_", "true_divide", "divide"}
+# Nonlinear reductions allowed only where their result feeds nothing but a sigmoid gate (frozen to a
+# constant, so the gate's input branch drops out: timm CbamModule / LightCbamModule). Their results are
+# tracked as "gate-only"; such a tensor reaching the layer whose weights are measured raises the error.
+_GATE_ONLY = {"amax", "amin", "max", "min", "maximum", "minimum", "fmax", "fmin", "aminmax"}
 
 Merge = Callable[[str, Sequence[torch.Tensor]], "int | None"]
 
@@ -223,6 +247,11 @@ class Linearizer(TorchFunctionMode):
         self.const_dtype: torch.dtype | None = None
         self._nodes: dict[int, int] = {}
         self._tracked: dict[int, torch.Tensor] = {}
+        # self-gating products: id -> (tensor, x, x's version[, limit]) for t = a*x + b (a > 0) and gates g(x)
+        self._affine: dict[int, tuple] = {}
+        self._gates: dict[int, tuple] = {}
+        # gate-only results (amax, ...): id -> (tensor, error message)
+        self._gate_only: dict[int, tuple] = {}
 
     # -- tracking ---------------------------------------------------------------------------------
     def track(self, *tensors: Any) -> None:
@@ -245,6 +274,17 @@ class Linearizer(TorchFunctionMode):
     def clear(self) -> None:
         self._tracked.clear()
         self._nodes.clear()
+        self._affine.clear()
+        self._gates.clear()
+        self._gate_only.clear()
+
+    def check_result(self, out: Any) -> None:
+        """Raise :class:`WeightvizError` if a tensor of ``out`` depends on a nonlinear reduction that was
+        allowed only in front of a sigmoid gate (see the op table)."""
+        for t in _leaves(out):
+            hit = self._gate_only.get(id(t))
+            if hit is not None and hit[0] is t and self.is_tracked(t):
+                raise WeightvizError(hit[1])
 
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -266,9 +306,108 @@ class Linearizer(TorchFunctionMode):
                 "autograd.Function or a no_grad block), so gradients through it would not be those of the "
                 "linearized op; choose src/dst around that layer"
             )
-        if self.structural:
-            return self._structural(func, key, args, kwargs, tracked)
-        return self._dispatch(func, key, args, kwargs, tracked)
+        if key in _GATE_ONLY:
+            return self._gate_only_op(func, args, kwargs)
+        if key in _SELF_GATE_MUL:
+            out = self._self_gated(key, args, kwargs)
+            if out is not None:
+                return out
+        gate_only = self._gate_only_message(tracked)
+        try:
+            if self.structural:
+                out = self._structural(func, key, args, kwargs, tracked)
+            else:
+                out = self._dispatch(func, key, args, kwargs, tracked)
+        except WeightvizError:
+            if gate_only is not None:   # the root cause is the reduction further up
+                raise WeightvizError(gate_only) from None
+            raise
+        if gate_only is not None:
+            for t in _leaves(out):
+                if self.is_tracked(t):
+                    self._gate_only[id(t)] = (t, gate_only)
+        self._note_gate(key, args, kwargs, out)
+        return out
+
+    # -- self-gating products and gate-only reductions (issue 13) ---------------------------------------
+    def _gate_only_message(self, tracked) -> str | None:
+        for t in tracked:
+            hit = self._gate_only.get(id(t))
+            if hit is not None and hit[0] is t:
+                return hit[1]
+        return None
+
+    def _gate_only_op(self, func, args, kwargs):
+        """amax/max/...: run as is and mark the result gate-only (it must not reach the measured layer)."""
+        msg = str(self._fail(func, "it is nonlinear; it is allowed only where its result feeds nothing but "
+                                   "a sigmoid gate (frozen to a constant, so that branch drops out)"))
+        out = self._run(func, args, kwargs)
+        for t in _leaves(out):
+            if self.is_tracked(t):
+                self._gate_only[id(t)] = (t, msg)
+        return out
+
+    def _root(self, t: Any):
+        """``(x, x._version)`` when tracked ``t`` is ``a * x + b`` with a > 0 (``t`` itself: a = 1, b = 0)."""
+        if not self.is_tracked(t):
+            return None
+        hit = self._affine.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1], hit[2]
+        return t, t._version
+
+    def _note_gate(self, key: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """Remember affine images ``a*x + b`` (a > 0) of tracked tensors and gate functions of them."""
+        if not isinstance(out, torch.Tensor) or not args:
+            return
+        base = key[:-1] if _inplace_method(key) else key
+        x = args[0]
+        if key in _AFFINE_NUMBER:
+            other = _arg(args, kwargs, 1, "other")
+            if not isinstance(other, (int, float)) or isinstance(other, bool) or not math.isfinite(other):
+                return
+            scaling = base in ("mul", "__mul__", "__rmul__", "__imul__", "multiply", "div", "__truediv__",
+                               "__itruediv__", "true_divide", "divide")
+            if scaling and other <= 0:
+                return
+            gate = self._gates.get(id(x))
+            if scaling and gate is not None and gate[0] is x:   # a gate times/divided by a positive number
+                limit = gate[3] * other if "mul" in base else gate[3] / other
+                self._gates[id(out)] = (out, gate[1], gate[2], limit)
+                return
+            root = self._root(x)
+            if root is not None and self.is_tracked(out) and out is not x:
+                self._affine[id(out)] = (out, *root)
+            return
+        root = self._root(x)
+        if root is None or out is x and base in _GATE_SIGMOID:
+            return
+        if base in _GATE_SIGMOID:
+            self._gates[id(out)] = (out, *root, 1.0)
+        elif base in _GATE_CLAMP:
+            i_lo, i_hi = _GATE_CLAMP[base]
+            lo = _arg(args, kwargs, i_lo, "min_val" if base == "hardtanh" else "min", 0.0 if base == "relu6" else None)
+            hi = 6.0 if base == "relu6" else _arg(args, kwargs, i_hi, "max_val" if base == "hardtanh" else "max",
+                                                  1.0 if base == "hardtanh" else None)
+            if base == "hardtanh" and lo is None:
+                lo = -1.0
+            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == 0 and 0 < hi < math.inf:
+                self._gates[id(out)] = (out, *root, float(hi))
+
+    def _self_gated(self, key: str, args: tuple, kwargs: dict):
+        """``x * g(x)`` with ``g`` a recorded gate of ``x`` (either order): ``limit * x``, else ``None``."""
+        a = args[0] if args else kwargs.get("input")
+        b = _arg(args, kwargs, 1, "other")
+        for x, g, first in ((a, b, True), (b, a, False)):
+            hit = self._gates.get(id(g)) if isinstance(g, torch.Tensor) else None
+            if hit is None or hit[0] is not g or hit[1] is not x or x._version != hit[2] or not self.is_tracked(x):
+                continue
+            if _inplace_method(key) or key == "__imul__":
+                if not first:
+                    return None   # g *= x: the result must land in g; leave it to the ordinary rule
+                return self._run(torch.Tensor.mul_, (x, hit[3]), {})
+            return self._run(torch.mul, (x, hit[3]), {})
+        return None
 
     # -- structural mode: which positions can reach which (no values, nothing may cancel) -----------
     def _structural(self, func, key, args, kwargs, tracked):
@@ -600,6 +739,7 @@ def linearized(
             mode.track(args, kwargs)
 
         handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        out_handle = model.register_forward_hook(lambda _m, _args, out: mode.check_result(out))
     try:
         if any(flag for _, flag in flags):  # (setting flags on every module costs ~2 ms on lite0)
             model.eval()
@@ -608,6 +748,7 @@ def linearized(
     finally:
         if handle is not None:
             handle.remove()
+            out_handle.remove()
         for m, flag in flags:
             if m.training != flag:
                 m.training = flag
