@@ -148,6 +148,21 @@ _GATE_ONLY = {"amax", "amin", "max", "min", "maximum", "minimum", "fmax", "fmin"
 Merge = Callable[[str, Sequence[torch.Tensor]], "int | None"]
 
 
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002 (torch's names)
+    """``F.conv2d`` for a forward that only needs shapes (``shapes_only``): zeros ``[B, C_out, H_out, W_out]``
+    (no kernel runs, so no backend set-up for a new input size)."""
+    k = weight.shape[-2:]
+    s, d = _cone.pair(stride), _cone.pair(dilation)
+    p = (0, 0) if padding == "valid" else _cone.pair(padding)
+    if s is None or d is None or (p is None and padding != "same"):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    hw = input.shape[-2:] if padding == "same" else [
+        (input.shape[-2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in (0, 1)]
+    if min(hw) < 1 or input.shape[-3] != weight.shape[1] * groups:
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)   # torch's own error
+    return input.new_zeros(*input.shape[:-3], weight.shape[0], *hw)
+
+
 def op_name(func: Any) -> str:
     """A readable name of a torch callable: ``torch.softmax``, ``Tensor.relu_``, ``torch.nn.functional.gelu``."""
     name = getattr(func, "__name__", None) or repr(func)
@@ -229,8 +244,13 @@ class Linearizer(TorchFunctionMode):
 
     def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
                  require_grad: bool = False, merge: Merge | None = None, structural: bool = False,
-                 cones: list | None = None, tape: _compose.Tape | None = None):
+                 cones: list | None = None, tape: _compose.Tape | None = None, prefix: Any = None,
+                 shapes_only: bool = False):
         super().__init__()
+        #: convolutions output zeros of their shape (a forward traced for its geometry only: values unused)
+        self.shapes_only = shapes_only
+        #: a weightviz._geometry.PrefixRecorder: records map-size effects of the untracked ops before src
+        self.prefix = prefix
         self.gate = float(gate)
         self.source = source
         self.require_grad = require_grad
@@ -289,8 +309,13 @@ class Linearizer(TorchFunctionMode):
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tracked = [t for t in _leaves((args, kwargs)) if self.is_tracked(t)]
+        if self.shapes_only and func is F.conv2d:
+            func = conv2d
+        leaves = list(_leaves((args, kwargs)))
+        tracked = [t for t in leaves if self.is_tracked(t)]
         if not tracked:
+            if self.prefix is not None and self.prefix.active:   # map sizes before src (weightviz._geometry)
+                return self.prefix.run(func, _key(func), args, kwargs, leaves)
             return func(*args, **kwargs)
         key = _key(func)
         if key.startswith("__get__:"):
@@ -500,7 +525,7 @@ class Linearizer(TorchFunctionMode):
                                        "track_running_stats=False) is not linear")
             if name == "batch_norm" and func is F.batch_norm:
                 return self._affine_batch_norm(args, kwargs)
-            if name == "conv2d":
+            if name == "conv2d" and not self.shapes_only:
                 box = self._cone_box(x, _arg(args, kwargs, 1, "weight"))
                 out = self._pointwise_conv(args, kwargs, box)
                 if out is None and box is not None:
@@ -708,6 +733,8 @@ def linearized(
     structural: bool = False,
     cones: list | None = None,
     tape: _compose.Tape | None = None,
+    prefix: Any = None,
+    shapes_only: bool = False,
 ) -> Iterator[Linearizer]:
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
@@ -731,7 +758,7 @@ def linearized(
     if not isinstance(model, nn.Module):
         raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
     mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
-                      structural=structural, cones=cones, tape=tape)
+                      structural=structural, cones=cones, tape=tape, prefix=prefix, shapes_only=shapes_only)
     flags = [(m, m.training) for m in model.modules()]
     handle = None
     if track_inputs:
