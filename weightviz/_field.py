@@ -4,7 +4,16 @@ which that field is not truncated by any border (used by :func:`weightviz.expand
 The field of a target is measured on a linearized forward (:mod:`weightviz._trace`): the boxes of the
 recorded ops traced back from the target (:func:`weightviz._compose.field_box`) or, for ops the recorder
 does not know, a structural probe (one float64 forward/backward with all weights made positive, so
-nothing cancels). The search for the border-free size runs on those probes at growing sizes.
+nothing cancels).
+
+The search for the border-free size (:func:`_search`) asks for the field at several input sizes. By
+default those fields come from one traced forward at 32 px in which no convolution runs
+(:mod:`weightviz._geometry` re-derives every map size, TF-"SAME" padding and box at any size), and one
+real forward at the size found checks the result and is kept for the weights (so a first
+:func:`weightviz.expanded_weights` call costs about two forwards, not one per size probed). Where the
+geometry cannot tell (an op it cannot size, a tape that cannot be composed) or a check fails, the search
+runs on real probes at every size. Models with a fixed input size (:func:`weightviz.fixed_input_size`: ViT,
+Swin) are probed at that size only.
 """
 
 from __future__ import annotations
@@ -181,7 +190,10 @@ def receptive_field(
     reach the target ``dst`` position (default: the centre ``((H-1)//2, (W-1)//2)``). Asymmetric TF-"SAME" padding,
     strides, dilations, pooling, branches and skips are all accounted for. Without ``input_size``, the
     input grows until the field touches no border of ``src`` and its size is stable, then shrinks to the
-    smallest size (multiple of 4) that still holds it.
+    smallest size (multiple of 4) that still holds it (sizes derived from one traced forward where
+    possible, see the module docstring). A model with a fixed input size (ViT, Swin: see
+    :func:`weightviz.fixed_input_size`) is measured at that size only (``truncated=True`` if the field
+    touches a border there) and refuses another ``input_size``.
 
     >>> import weightviz as wv
     >>> rf = wv.receptive_field(wv.load_model(), "blocks.2.0.conv_dw", "blocks.2.0.bn1")  # doctest: +SKIP
