@@ -137,6 +137,15 @@ def test_first_call_runs_two_forwards_and_reuses_the_second(lite0, monkeypatch):
     E2 = wv.expanded_weights(model, "blocks.1.1.conv_pwl", "blocks.2.1.conv_pwl")   # cached: a new forward
     assert calls == [32, rf.input_size, rf.input_size]
     torch.testing.assert_close(E, E2, rtol=0, atol=0)
+    # the kept forward is not used once the weights changed (its tape holds batch-norm scales)
+    other = copy.deepcopy(lite0)
+    wv.receptive_field(other, "blocks.2.1.conv_pwl", "blocks.1.1.conv_pwl")
+    with torch.no_grad():
+        other.blocks[2][0].bn1.running_var.mul_(4.0)
+    E3 = wv.expanded_weights(other, "blocks.1.1.conv_pwl", "blocks.2.1.conv_pwl")
+    ref = wv.expanded_weights(copy.deepcopy(other), "blocks.1.1.conv_pwl", "blocks.2.1.conv_pwl")
+    torch.testing.assert_close(E3, ref, rtol=0, atol=0)
+    assert not torch.allclose(E3, E)
 
 
 # -------------------------------------------------------------------------- fixed input size (defect 4)

@@ -19,6 +19,7 @@ Swin) are probed at that size only.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -259,11 +260,16 @@ _KEPT: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 def take_trace(model: nn.Module, src, dst, size: int):
     """The ``(trace, tape)`` of the value-mode forward (gate 0.5) that the field search ran at ``size``
-    for this pair, once; ``None`` if there is none."""
+    for this pair, once; ``None`` if there is none, or if a weight or buffer changed since (the tape holds
+    values derived from them, e.g. batch-norm scales)."""
     hit = _KEPT.pop(model, None)
-    if hit is None or hit[:3] != (src, dst, size):
+    if hit is None or hit[:3] != (src, dst, size) or hit[5] != _weights_stamp(model):
         return None
     return hit[3], hit[4]
+
+
+def _weights_stamp(model: nn.Module) -> tuple:
+    return tuple((id(t), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def _traced(model, src, dst, n, prefix=None):
@@ -324,7 +330,7 @@ def _fast_search(model, src, dst, target) -> ReceptiveField | None:
     if _from_tape(trace, tape, dst, rf.input_size, target) != rf:
         return None
     if target is None:
-        _KEPT[model] = (src, dst, rf.input_size, trace, tape)
+        _KEPT[model] = (src, dst, rf.input_size, trace, tape, _weights_stamp(model))
     return rf
 
 
