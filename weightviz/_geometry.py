@@ -27,9 +27,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from . import _compose
 from ._cone import pair
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002 (torch's names)
+    """``F.conv2d`` for a forward that only needs shapes (``shapes_only``): zeros ``[B, C_out, H_out, W_out]``
+    (no kernel runs, so no backend set-up for a new input size)."""
+    k = weight.shape[-2:]
+    s, d = pair(stride), pair(dilation)
+    p = (0, 0) if padding == "valid" else pair(padding)
+    if s is None or d is None or (p is None and padding != "same"):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    hw = input.shape[-2:] if padding == "same" else [
+        (input.shape[-2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in (0, 1)]
+    if min(hw) < 1 or input.shape[-3] != weight.shape[1] * groups:
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)   # torch's own error
+    return input.new_zeros(*input.shape[:-3], weight.shape[0], *hw)
+
 
 _POOLS = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 _PADS = {"pad", "constant_pad_nd"}

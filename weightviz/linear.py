@@ -34,6 +34,8 @@ max_pool{1,2,3}d, adaptive_max_pool{1,2,3}d             avg_pool / adaptive_avg_
 batch_norm with running statistics (eval)               kept: it is affine
 ======================================================  =========================================
 
+The two self-gating / gate-only rows are implemented in :mod:`weightviz._gating`.
+
 Linear ops (conv, linear, avg-pool, pad, interpolate, reshapes, slicing, add/sub/cat/stack, products
 and divisions where only one factor is tracked, ...) run unchanged. Any other op on a tracked tensor
 (softmax, layer_norm, group_norm, tanh, a product of two tracked tensors, ...) raises
@@ -56,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -65,7 +66,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import _compose, _cone
+from . import _compose, _cone, _geometry
+from ._calls import arg as _arg
+from ._calls import inplace_method as _inplace_method
+from ._calls import leaves as _leaves
+from ._gating import GATE_ONLY, SELF_GATE_MUL, GateRules
 from .errors import WeightvizError
 
 __all__ = ["DEFAULT_GATE", "Linearizer", "linearized"]
@@ -130,37 +135,7 @@ _SHAPE_ONLY = {
     "detach_", "__hash__",
 }
 
-# Self-gating products ``x * g(x)`` (hand-written SiLU, hardswish, quick-GELU): linearized like the fused op.
-# Gates of x: sigmoid/hardsigmoid (limit 1) and clamps to [0, hi] (relu6, hardtanh(0, hi), clamp(0, hi); limit
-# hi) of ``a * x + b`` with a > 0, times/divided by positive numbers; ``x * g(x)`` becomes ``limit * x``, the
-# linear piece the product follows for large positive x (as F.silu and F.hardswish -> identity).
-_SELF_GATE_MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
-_GATE_SIGMOID = {"sigmoid", "hardsigmoid"}
-_GATE_CLAMP = {"relu6": (1, None), "hardtanh": (1, 2), "clamp": (1, 2), "clip": (1, 2)}  # min/max positions
-_AFFINE_NUMBER = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__isub__", "sub_",
-                  "mul", "__mul__", "__rmul__", "__imul__", "mul_", "multiply", "div", "__truediv__",
-                  "__itruediv__", "div_", "true_divide", "divide"}
-# Nonlinear reductions allowed only where their result feeds nothing but a sigmoid gate (frozen to a
-# constant, so the gate's input branch drops out: timm CbamModule / LightCbamModule). Their results are
-# tracked as "gate-only"; such a tensor reaching the layer whose weights are measured raises the error.
-_GATE_ONLY = {"amax", "amin", "max", "min", "maximum", "minimum", "fmax", "fmin", "aminmax"}
-
 Merge = Callable[[str, Sequence[torch.Tensor]], "int | None"]
-
-
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002 (torch's names)
-    """``F.conv2d`` for a forward that only needs shapes (``shapes_only``): zeros ``[B, C_out, H_out, W_out]``
-    (no kernel runs, so no backend set-up for a new input size)."""
-    k = weight.shape[-2:]
-    s, d = _cone.pair(stride), _cone.pair(dilation)
-    p = (0, 0) if padding == "valid" else _cone.pair(padding)
-    if s is None or d is None or (p is None and padding != "same"):
-        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-    hw = input.shape[-2:] if padding == "same" else [
-        (input.shape[-2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in (0, 1)]
-    if min(hw) < 1 or input.shape[-3] != weight.shape[1] * groups:
-        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)   # torch's own error
-    return input.new_zeros(*input.shape[:-3], weight.shape[0], *hw)
 
 
 def op_name(func: Any) -> str:
@@ -186,17 +161,6 @@ def _key(func: Any) -> str:
     return name
 
 
-def _leaves(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _leaves(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _leaves(o)
-
-
 def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
     """Untracked floating tensors -> float64 (absolute values if ``positive``); numbers -> abs if positive."""
     if isinstance(obj, torch.Tensor):
@@ -213,11 +177,6 @@ def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
     return obj
 
 
-def _inplace_method(key: str) -> bool:
-    """``relu_``, ``add_``, ...: the in-place form of a method (not a dunder such as ``__add__``)."""
-    return key.endswith("_") and not key.startswith("__")
-
-
 def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) -> bool:
     """An activation/gate call that works in place: ``x.relu_()``, or ``inplace=True`` (keyword, or
     positional at ``inplace_index``)."""
@@ -225,15 +184,7 @@ def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) 
                                     and bool(_arg(args, kwargs, inplace_index, "inplace", False)))
 
 
-def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any = None) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    if index is not None and len(args) > index:
-        return args[index]
-    return default
-
-
-class Linearizer(TorchFunctionMode):
+class Linearizer(GateRules, TorchFunctionMode):
     """The torch-function mode behind :func:`linearized` (see the module docstring for the op table).
 
     Tracked tensors are those passed to :meth:`track` and every result computed from them. ``merge``,
@@ -267,11 +218,7 @@ class Linearizer(TorchFunctionMode):
         self.const_dtype: torch.dtype | None = None
         self._nodes: dict[int, int] = {}
         self._tracked: dict[int, torch.Tensor] = {}
-        # self-gating products: id -> (tensor, x, x's version[, limit]) for t = a*x + b (a > 0) and gates g(x)
-        self._affine: dict[int, tuple] = {}
-        self._gates: dict[int, tuple] = {}
-        # gate-only results (amax, ...): id -> (tensor, error message)
-        self._gate_only: dict[int, tuple] = {}
+        self._init_gates()
 
     # -- tracking ---------------------------------------------------------------------------------
     def track(self, *tensors: Any) -> None:
@@ -294,23 +241,13 @@ class Linearizer(TorchFunctionMode):
     def clear(self) -> None:
         self._tracked.clear()
         self._nodes.clear()
-        self._affine.clear()
-        self._gates.clear()
-        self._gate_only.clear()
-
-    def check_result(self, out: Any) -> None:
-        """Raise :class:`WeightvizError` if a tensor of ``out`` depends on a nonlinear reduction that was
-        allowed only in front of a sigmoid gate (see the op table)."""
-        for t in _leaves(out):
-            hit = self._gate_only.get(id(t))
-            if hit is not None and hit[0] is t and self.is_tracked(t):
-                raise WeightvizError(hit[1])
+        self._clear_gates()
 
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.shapes_only and func is F.conv2d:
-            func = conv2d
+            func = _geometry.conv2d
         leaves = list(_leaves((args, kwargs)))
         tracked = [t for t in leaves if self.is_tracked(t)]
         if not tracked:
@@ -331,9 +268,9 @@ class Linearizer(TorchFunctionMode):
                 "autograd.Function or a no_grad block), so gradients through it would not be those of the "
                 "linearized op; choose src/dst around that layer"
             )
-        if key in _GATE_ONLY:
+        if key in GATE_ONLY:
             return self._gate_only_op(func, args, kwargs)
-        if key in _SELF_GATE_MUL:
+        if key in SELF_GATE_MUL:
             out = self._self_gated(key, args, kwargs)
             if out is not None:
                 return out
@@ -353,86 +290,6 @@ class Linearizer(TorchFunctionMode):
                     self._gate_only[id(t)] = (t, gate_only)
         self._note_gate(key, args, kwargs, out)
         return out
-
-    # -- self-gating products and gate-only reductions (issue 13) ---------------------------------------
-    def _gate_only_message(self, tracked) -> str | None:
-        for t in tracked:
-            hit = self._gate_only.get(id(t))
-            if hit is not None and hit[0] is t:
-                return hit[1]
-        return None
-
-    def _gate_only_op(self, func, args, kwargs):
-        """amax/max/...: run as is and mark the result gate-only (it must not reach the measured layer)."""
-        msg = str(self._fail(func, "it is nonlinear; it is allowed only where its result feeds nothing but "
-                                   "a sigmoid gate (frozen to a constant, so that branch drops out)"))
-        out = self._run(func, args, kwargs)
-        for t in _leaves(out):
-            if self.is_tracked(t):
-                self._gate_only[id(t)] = (t, msg)
-        return out
-
-    def _root(self, t: Any):
-        """``(x, x._version)`` when tracked ``t`` is ``a * x + b`` with a > 0 (``t`` itself: a = 1, b = 0)."""
-        if not self.is_tracked(t):
-            return None
-        hit = self._affine.get(id(t))
-        if hit is not None and hit[0] is t:
-            return hit[1], hit[2]
-        return t, t._version
-
-    def _note_gate(self, key: str, args: tuple, kwargs: dict, out: Any) -> None:
-        """Remember affine images ``a*x + b`` (a > 0) of tracked tensors and gate functions of them."""
-        if not isinstance(out, torch.Tensor) or not args:
-            return
-        base = key[:-1] if _inplace_method(key) else key
-        x = args[0]
-        if key in _AFFINE_NUMBER:
-            other = _arg(args, kwargs, 1, "other")
-            if not isinstance(other, (int, float)) or isinstance(other, bool) or not math.isfinite(other):
-                return
-            scaling = base in ("mul", "__mul__", "__rmul__", "__imul__", "multiply", "div", "__truediv__",
-                               "__itruediv__", "true_divide", "divide")
-            if scaling and other <= 0:
-                return
-            gate = self._gates.get(id(x))
-            if scaling and gate is not None and gate[0] is x:   # a gate times/divided by a positive number
-                limit = gate[3] * other if "mul" in base else gate[3] / other
-                self._gates[id(out)] = (out, gate[1], gate[2], limit)
-                return
-            root = self._root(x)
-            if root is not None and self.is_tracked(out) and out is not x:
-                self._affine[id(out)] = (out, *root)
-            return
-        root = self._root(x)
-        if root is None or out is x and base in _GATE_SIGMOID:
-            return
-        if base in _GATE_SIGMOID:
-            self._gates[id(out)] = (out, *root, 1.0)
-        elif base in _GATE_CLAMP:
-            i_lo, i_hi = _GATE_CLAMP[base]
-            lo = _arg(args, kwargs, i_lo, "min_val" if base == "hardtanh" else "min", 0.0 if base == "relu6" else None)
-            hi = 6.0 if base == "relu6" else _arg(args, kwargs, i_hi, "max_val" if base == "hardtanh" else "max",
-                                                  1.0 if base == "hardtanh" else None)
-            if base == "hardtanh" and lo is None:
-                lo = -1.0
-            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == 0 and 0 < hi < math.inf:
-                self._gates[id(out)] = (out, *root, float(hi))
-
-    def _self_gated(self, key: str, args: tuple, kwargs: dict):
-        """``x * g(x)`` with ``g`` a recorded gate of ``x`` (either order): ``limit * x``, else ``None``."""
-        a = args[0] if args else kwargs.get("input")
-        b = _arg(args, kwargs, 1, "other")
-        for x, g, first in ((a, b, True), (b, a, False)):
-            hit = self._gates.get(id(g)) if isinstance(g, torch.Tensor) else None
-            if hit is None or hit[0] is not g or hit[1] is not x or x._version != hit[2] or not self.is_tracked(x):
-                continue
-            if _inplace_method(key) or key == "__imul__":
-                if not first:
-                    return None   # g *= x: the result must land in g; leave it to the ordinary rule
-                return self._run(torch.Tensor.mul_, (x, hit[3]), {})
-            return self._run(torch.mul, (x, hit[3]), {})
-        return None
 
     # -- structural mode: which positions can reach which (no values, nothing may cancel) -----------
     def _structural(self, func, key, args, kwargs, tracked):
