@@ -19,7 +19,6 @@ Swin) are probed at that size only.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -208,7 +207,9 @@ def receptive_field(
     return _field(model, src, dst, input_size, target)
 
 
-def _field(model, src, dst, input_size, target=None) -> ReceptiveField:
+def _field(model, src, dst, input_size, target=None, keep: list | None = None) -> ReceptiveField:
+    """The (cached) field; ``keep``: a list that receives ``(trace, tape)`` of the real value-mode forward
+    (gate 0.5) at the size found when the search ran one (so the caller's weights need no second forward)."""
     cache = _RF_CACHE.setdefault(model, {})
     stamp = _structure_stamp(model)
     key = (stamp, src, dst, input_size, target)
@@ -236,7 +237,7 @@ def _field(model, src, dst, input_size, target=None) -> ReceptiveField:
             raise WeightvizError(f"the target position of {dst!r} reads only padding at the model's fixed input "
                                  f"size {fixed}")
     else:
-        rf = _fast_search(model, src, dst, target) if _trace.COMPOSE else None
+        rf = _fast_search(model, src, dst, target, keep) if _trace.COMPOSE else None
         if rf is None:
             rf = _search(probe, src, dst)
     cache[key] = rf
@@ -253,25 +254,6 @@ def _one_probe(probe, n: int, src, dst) -> ReceptiveField:
 
 
 # --------------------------------------------------------------- the search from one traced forward
-#: the traced forward kept from the last field search (model -> (src, dst, size, trace, tape)), so the
-#: expanded weights at that size need no second forward (taken once by :func:`take_trace`)
-_KEPT: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
-
-
-def take_trace(model: nn.Module, src, dst, size: int):
-    """The ``(trace, tape)`` of the value-mode forward (gate 0.5) that the field search ran at ``size``
-    for this pair, once; ``None`` if there is none, or if a weight or buffer changed since (the tape holds
-    values derived from them, e.g. batch-norm scales)."""
-    hit = _KEPT.pop(model, None)
-    if hit is None or hit[:3] != (src, dst, size) or hit[5] != _weights_stamp(model):
-        return None
-    return hit[3], hit[4]
-
-
-def _weights_stamp(model: nn.Module) -> tuple:
-    return tuple((id(t), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
-
-
 def _traced(model, src, dst, n, prefix=None):
     """A value-mode traced forward at input ``n``: ``(trace, tape)``, or ``None`` if the model fails. With
     ``prefix`` (the geometry trace) convolutions only produce zeros of their shape: no kernel runs."""
@@ -286,11 +268,11 @@ def _traced(model, src, dst, n, prefix=None):
     return trace, tape
 
 
-def _fast_search(model, src, dst, target) -> ReceptiveField | None:
+def _fast_search(model, src, dst, target, keep: list | None = None) -> ReceptiveField | None:
     """:func:`_search` on fields computed from one traced forward (:class:`weightviz._geometry.Geometry`):
     the map sizes, SAME paddings and field boxes at every size it asks for, without running the model.
-    Checked against real forwards at the traced size and at the size found (that forward is kept for the
-    weights); ``None`` when the geometry cannot tell or a check fails (then real probes run)."""
+    Checked against real forwards at the traced size and at the size found (that forward goes to ``keep``
+    for the weights); ``None`` when the geometry cannot tell or a check fails (then real probes run)."""
     n0 = 32
     prefix = _geometry.PrefixRecorder()
     hit = _traced(model, src, dst, n0, prefix)
@@ -329,8 +311,8 @@ def _fast_search(model, src, dst, target) -> ReceptiveField | None:
     trace, tape = hit
     if _from_tape(trace, tape, dst, rf.input_size, target) != rf:
         return None
-    if target is None:
-        _KEPT[model] = (src, dst, rf.input_size, trace, tape, _weights_stamp(model))
+    if keep is not None:
+        keep.append((trace, tape))
     return rf
 
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _compose, _trace
-from ._field import ReceptiveField, _check_layers, _field, receptive_field, take_trace
+from ._field import ReceptiveField, _check_layers, _field, receptive_field
 from ._trace import _device_dtype, _grad_capable, _NewMerge, _Trace
 from ._trace import forward as _forward
 from .errors import WeightvizError
@@ -193,10 +193,11 @@ def _collect(pb: _Pullback, which: int, rf: ReceptiveField) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ main function
-def _expand(model, src, dst, units, rf, gate) -> torch.Tensor:
+def _expand(model, src, dst, units, rf, gate, kept=None) -> torch.Tensor:
+    """``kept``: ``(trace, tape)`` of a value-mode forward (gate 0.5) at ``rf.input_size`` (from the field
+    search of this call), used instead of a new forward."""
     if _trace.COMPOSE:
-        kept = take_trace(model, src, dst, rf.input_size) if gate == DEFAULT_GATE else None
-        if kept is not None:     # the field search's forward at this size (first call on a pair)
+        if kept is not None and gate == DEFAULT_GATE:     # the field search's forward (first call on a pair)
             trace, tape = kept
         else:
             tape = _compose.Tape()
@@ -277,9 +278,10 @@ def expanded_weights(
         raise WeightvizError(f"top={top!r} needs via=LAYER and a positive int")
     if not isinstance(gate, (int, float)) or not math.isfinite(gate):
         raise WeightvizError(f"gate must be a finite number, got {gate!r}")
-    rf = _field(model, src, dst, input_size)
+    kept: list = []
+    rf = _field(model, src, dst, input_size, keep=kept)
     units = parse_units(units, rf.dst_shape[0], what=f"layer {dst!r}")
-    total = _expand(model, src, dst, units, rf, gate)
+    total = _expand(model, src, dst, units, rf, gate, kept[0] if kept else None)
     if not paths and via is None:
         return total
     result = Expanded(total=total, units=units, field=rf)
