@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weightviz as wv
-from weightviz import expand as ex
+from weightviz import _trace
 from weightviz.errors import WeightvizError
 from weightviz.testing import slow_expanded_weights
 
@@ -62,12 +62,12 @@ def test_two_convs_equal_conv_transpose_composition(c, k1, k2, s1, s2, d1, d2, p
     model = nn.Sequential(nn.Identity(), conv1, *mid, conv2).eval()
     dst = str(len(model) - 1)
     expected = F.conv_transpose2d(conv2.weight.detach(), w1, stride=s1 * d2, dilation=d1)
-    before = ex._COMPOSE
-    ex._COMPOSE = composed
+    before = _trace.COMPOSE
+    _trace.COMPOSE = composed
     try:
         got = wv.expanded_weights(model, "0", dst)
     finally:
-        ex._COMPOSE = before
+        _trace.COMPOSE = before
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 

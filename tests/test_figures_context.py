@@ -54,7 +54,8 @@ def test_top_inputs_expanded_order_scale_signs(lite0, E5):
     assert d["signs"] == [int(np.sign(float(w[c].sum()))) for c in expected]
     assert d["vmax"] == pytest.approx(float(w[expected].abs().max()), rel=1e-5)
     # the shown scale is the max over the shown slices, not over all inputs
-    assert d["vmax"] <= float(w.abs().max()) * (1 + 1e-5)  # float32 paths differ in the last bits
+    # (the figure computes unit 5 alone, E5 ten units at once: batched products round differently, ~1e-7)
+    assert d["vmax"] <= float(w.abs().max()) * (1 + 1e-5)
 
 
 def test_top_inputs_direct_googlenet(googlenet):

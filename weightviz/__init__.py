@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "weights": "models",
     "get_module": "models",
     "input_spec": "models",
+    "fixed_input_size": "models",
     "preprocess": "models",
     "parse_units": "models",
     "model_hash": "models",

