@@ -46,8 +46,9 @@ import torch
 from torch import nn
 
 from . import _crops
+from ._field import receptive_field
 from .errors import WeightvizError
-from .expand import Connection, expanded_weights, rank_connections, receptive_field
+from .expand import Connection, expanded_weights, rank_connections
 from .models import get_module, parse_units, resolve
 
 __all__ = ["CaseExamples", "Cases", "DataWeights", "cases", "data_weights"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, err_console, load
+from ._common import MODEL_HELP, app, count_option, err_console, load, size_option
 
 _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers MODEL` (default: the model's "
                 "outermost blocks; for EfficientNet-Lite0 the stage entries blocks.0.0 ... blocks.6.0).")
@@ -38,11 +38,11 @@ def explore_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Site directory (new, empty, or an earlier site to update)."),
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP),
     units: str = typer.Option(None, "--units", "-u", help=_UNITS_HELP),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (1 = this process)."),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers each unit's inputs are also "
+    jobs: int = count_option(1, "--jobs", "-j", help="Worker processes (1 = this process)."),
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers each unit's inputs are also "
                                 "expanded from (besides the layer feeding it directly)."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
@@ -64,10 +64,6 @@ def explore_cmd(
     from ..explore.site import check_root
 
     check_root(output)  # before any work: not a file, not a foreign non-empty directory, writable
-    if jobs < 1:
-        from ..errors import WeightvizError
-
-        raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
@@ -86,7 +82,8 @@ def explore_cmd(
                 tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex)
+        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex,
+                            on_wait=lambda line: err_console.print(line, markup=False, highlight=False))
     typer.echo(f"wrote {report.index} ({report.summary()})")
     typer.echo(f"open it: file://{report.index.resolve()}")
 
@@ -99,10 +96,10 @@ def serve_cmd(
                              "this machine."),
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
     units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers to expand inputs from."),
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
@@ -122,6 +119,10 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
+    if db is not None:  # before any work: a file that is not an SQLite database fails here, naming --db
+        from ..explore.store import SqliteCache
+
+        SqliteCache(db, "0" * 16)
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
