@@ -94,8 +94,9 @@ class DataWeights:
         return _crop_examples(self, indices)
 
     def figure(self, n_examples: int = 6, k: int = 6, **kwargs: Any):
-        """:func:`weightviz.figures.data_weights` of this result (FV keyword arguments pass through)."""
-        from .figures.conditioned import data_weights as fig
+        """:func:`weightviz.figures.conditioned.data_weights_figure` of this result (FV keyword arguments
+        pass through)."""
+        from .figures.conditioned import data_weights_figure as fig
 
         return fig(self, n_examples=n_examples, k=k, **kwargs)
 
@@ -150,8 +151,9 @@ class Cases:
         return mean / e if e > 0 else math.inf
 
     def figure(self, k: int = 6, n_examples: int = 4, **kwargs: Any):
-        """:func:`weightviz.figures.cases` of this result (FV keyword arguments pass through)."""
-        from .figures.conditioned import cases as fig
+        """:func:`weightviz.figures.conditioned.cases_figure` of this result (FV keyword arguments pass
+        through)."""
+        from .figures.conditioned import cases_figure as fig
 
         return fig(self, k=k, n_examples=n_examples, **kwargs)
 
