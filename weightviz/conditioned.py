@@ -30,8 +30,8 @@ image's selected output gives every image's own gradient in one backward. The mo
 >>> d.weights.shape, d.activations.shape                  # [N, C_src, K, K], [N]         # doctest: +SKIP
 (torch.Size([16, 40, 7, 7]), torch.Size([16]))
 >>> c = wv.cases(m, "blocks.2.0", "blocks.3.0", 5, wv.images(n=64, model=m), n_cases=2)  # doctest: +SKIP
->>> c.patterns.shape, c.loadings.shape, round(c.explained, 2)                           # doctest: +SKIP
-(torch.Size([2, 40, 7, 7]), torch.Size([64, 2]), 0.81)
+>>> c.patterns.shape, c.loadings.shape                    # [n_cases, C_src, K, K], [N, n_cases]  # doctest: +SKIP
+(torch.Size([2, 40, 7, 7]), torch.Size([64, 2]))
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch import nn
 
 from . import _crops
 from ._field import receptive_field
+from ._trace import _device_dtype
 from .errors import WeightvizError
 from .expand import Connection, expanded_weights, rank_connections
 from .models import get_module, parse_units, resolve
@@ -180,13 +181,6 @@ def _images(images: Any, model: nn.Module):
     from .imageset import as_images
 
     return as_images(images, model)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
 
 
 def _parse_position(position: Any) -> Any:
