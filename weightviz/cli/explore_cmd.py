@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, err_console, load
+from ._common import MODEL_HELP, app, err_console, load, with_device
 
 _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers MODEL` (default: the model's "
                 "outermost blocks; for EfficientNet-Lite0 the stage entries blocks.0.0 ... blocks.6.0).")
@@ -20,6 +20,7 @@ def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, see
 
 
 @app.command("explore")
+@with_device
 def explore_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Site directory (new, empty, or an earlier site to update)."),
@@ -75,6 +76,7 @@ def explore_cmd(
 
 
 @app.command("serve")
+@with_device
 def serve_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port (0 = any free port)."),

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, load
+from ._common import MODEL_HELP, app, check_output, load, with_device
 
 
 @app.command("render")
+@with_device
 def render_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer name as printed by `weightviz layers MODEL`."),
