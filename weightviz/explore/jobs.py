@@ -35,6 +35,7 @@ __all__ = [
     "EXECUTORS",
     "chunked",
     "execute",
+    "executor_name",
     "is_done",
     "job_key",
     "make_executor",
@@ -106,7 +107,8 @@ def mark_done(root: Path, job: Job) -> None:
     p = stamp_path(root, job)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p, suffix="") as tmp:
-        tmp.write_text(json.dumps({"kind": job.kind, "inputs": job.inputs, "outputs": list(job.outputs)},
+        inputs = {k: v for k, v in job.inputs.items() if not k.startswith("_")}  # not run-time extras
+        tmp.write_text(json.dumps({"kind": job.kind, "inputs": inputs, "outputs": list(job.outputs)},
                                   default=str))
 
 
@@ -129,6 +131,9 @@ class Executor(Protocol):
 class SerialExecutor:
     """Run jobs one after another in this process. ``state`` is passed to every job as is (or built
     once by ``init(*init_args)`` on first use)."""
+
+    name = "local"
+    workers = 1
 
     def __init__(self, state: Any = None, init: Callable[..., Any] | None = None, init_args: tuple = ()):
         self._state = state
@@ -173,6 +178,8 @@ class ProcessExecutor:
     ``state`` passed to every ``fn(state, job)``; ``init``, its arguments and ``fn`` must be picklable.
     Each worker uses ``threads`` torch threads so the pool does not oversubscribe the cores.
     """
+
+    name = "local"
 
     def __init__(self, workers: int, init: Callable[..., Any], init_args: tuple = (), threads: int = 1):
         if workers < 1:
@@ -236,6 +243,11 @@ def make_executor(workers: int | None, state: Any, init: Callable[..., Any], ini
 def worker_count(executor: Any) -> int:
     """How many workers an executor runs jobs on (1 for :class:`SerialExecutor`)."""
     return int(getattr(executor, "workers", 1))
+
+
+def executor_name(executor: Any) -> str:
+    """``"local"``, ``"ray"`` or the class name of a custom executor."""
+    return str(getattr(executor, "name", type(executor).__name__))
 
 
 def execute(executor: Any, fn: Callable[[Any, Job], Any], jobs: Sequence[Job], root: Path, *,

@@ -73,6 +73,7 @@ class RayExecutor:
     The executor shuts down the Ray instance it started on :meth:`close` (not one it joined).
     """
 
+    name = "ray"
     remote = True  # results are returned to the driver, which writes them
 
     def __init__(self, workers: int | None, init: Callable[..., Any], init_args: tuple = (), *,
@@ -172,13 +173,15 @@ class RayExecutor:
                 except RayTaskError as e:  # the job itself raised: not a worker fault
                     cause = getattr(e, "cause", None)
                     raise (cause if isinstance(cause, BaseException) else e) from None
-                except RayActorError as e:  # the worker died (killed, OOM, node lost, init failed)
+                except RayActorError as e:  # the worker died (killed, OOM, node lost) or its init failed
                     attempts[id(job)] += 1
+                    msg = str(e).strip()
+                    if "creation task" in msg:  # init(*init_args) raised: a fresh worker would fail the same
+                        raise WeightvizError(f"a Ray worker could not start: {_last_error_line(msg)}") from e
                     if attempts[id(job)] > self.max_retries:
-                        first = str(e).strip().splitlines()
                         raise WeightvizError(
                             f"job {getattr(job, 'id', job)} failed on {attempts[id(job)]} Ray workers in a row "
-                            f"(last: {type(e).__name__}: {first[0] if first else ''}); see the Ray logs"
+                            f"(last: {type(e).__name__}: {_last_error_line(msg)}); see the Ray logs"
                         ) from e
                     self.retried += 1
                     if gen == self._gen[i]:
@@ -220,3 +223,10 @@ class RayExecutor:
         """One line: workers, resources per worker."""
         per = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
         return f"Ray: {self.workers} workers x ({per}, {self.threads} torch threads)"
+
+
+def _last_error_line(msg: str) -> str:
+    """The most telling line of a Ray error text: the last ``SomeError: ...`` line, else the first line."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception"))]
+    return (errs[-1] if errs else lines[0] if lines else "")[:300]

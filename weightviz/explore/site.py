@@ -38,7 +38,7 @@ from ..errors import WeightvizError
 from . import _png, pages
 from . import paths as P
 from .data import ExploreConfig, Explorer, Source
-from .jobs import Job, SerialExecutor, execute, make_executor, worker_count, write_file
+from .jobs import Job, SerialExecutor, execute, executor_name, make_executor, worker_count, write_file
 
 __all__ = ["BuildReport", "build_site", "check_root", "plan_pages"]
 
@@ -140,7 +140,7 @@ def build_site(
         init_args = (_worker_spec(ex), ex.layers, ex._units_spec, cfg, _cache_arg(ex), ex.name, ex.hash, dev)
         executor = make_executor(jobs, ex, _init_worker, init_args, kind=executor, address=address, device=dev)
     remote = bool(getattr(executor, "remote", False))
-    report.executor = type(executor).__name__.replace("Executor", "").lower() or "custom"
+    report.executor = executor_name(executor)
     report.workers = worker_count(executor)
     try:
         # 1. weights: one job per explored layer
