@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "preprocess": "models",
     "parse_units": "models",
     "model_hash": "models",
+    "resolve_device": "_device",
+    "to_device": "_device",
     "InputSpec": "models",
     "LayerInfo": "models",
     "LayerTable": "models",
@@ -53,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "render": "optvis.render",
     "RenderResult": "optvis.render",
     "RenderCache": "optvis.cache",
+    "render_dir": "explore.bulk",
     # analysis
     "banding_score": "metrics",
     "banding_test": "metrics",

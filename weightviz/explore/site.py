@@ -40,7 +40,7 @@ from . import paths as P
 from .data import ExploreConfig, Explorer, Source
 from .jobs import Job, SerialExecutor, execute, executor_name, make_executor, worker_count, write_file
 
-__all__ = ["BuildReport", "build_site", "check_root", "plan_pages"]
+__all__ = ["BuildReport", "build_site", "check_root", "plan_pages", "produce_job", "run_job", "site_executor"]
 
 MARKER = ".weightviz/site.json"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -118,7 +118,7 @@ def build_site(
     weightviz site. Returns a :class:`BuildReport`; open ``report.index`` in a browser. The files are
     the same, byte for byte, whichever executor ran the jobs.
     """
-    from .._device import model_device, to_device
+    from .._device import to_device
 
     root = Path(out)
     check_root(root)
@@ -127,7 +127,6 @@ def build_site(
         to_device(model, device)
     ex = explorer or Explorer(model, layers, units, config=config, render_cache=render_cache, name=name)
     to_device(ex.model, device)
-    cfg = ex.config
     root.mkdir(parents=True, exist_ok=True)
     _write_assets(root)
     _write_marker(root, ex)
@@ -136,9 +135,7 @@ def build_site(
     salt = _salt(ex)
     own = isinstance(executor, str)
     if own:
-        dev = model_device(ex.model).type
-        init_args = (_worker_spec(ex), ex.layers, ex._units_spec, cfg, _cache_arg(ex), ex.name, ex.hash, dev)
-        executor = make_executor(jobs, ex, _init_worker, init_args, kind=executor, address=address, device=dev)
+        executor = site_executor(ex, executor, jobs, address)
     remote = bool(getattr(executor, "remote", False))
     report.executor = executor_name(executor)
     report.workers = worker_count(executor)
@@ -172,6 +169,17 @@ def build_site(
         if own:
             executor.close()
     return report
+
+
+def site_executor(ex: Explorer, kind: str = "local", jobs: int | None = None, address: str | None = None):
+    """The executor :func:`build_site` uses for ``ex`` (pass it as ``executor=`` to reuse or inspect it;
+    the caller closes it): workers build their own :class:`Explorer` from a copy of ``ex.model`` on the
+    model's device type (Ray actors ask for a GPU share when it is CUDA)."""
+    from .._device import model_device
+
+    dev = model_device(ex.model).type
+    init_args = (_worker_spec(ex), ex.layers, ex._units_spec, ex.config, _cache_arg(ex), ex.name, ex.hash, dev)
+    return make_executor(jobs, ex, _init_worker, init_args, kind=kind, address=address, device=dev)
 
 
 def plan_pages(ex: Explorer) -> dict[str, list[int]]:
