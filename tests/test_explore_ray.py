@@ -71,6 +71,33 @@ def local_site(tmp_path_factory):
     return _files(root)
 
 
+# (before the tests that hold the module's two actors: a 2-CPU cluster has no room for two more)
+def test_bulk_render_on_ray_matches_local_bytes(cluster, tmp_path):
+    model = _model()
+    kw = {"size": 16, "steps": 3, "batch": 3, "cache": None}
+    local = render_dir(model, "conv2", "0:7", tmp_path / "local", **kw)
+    remote = render_dir(model, "conv2", "0:7", tmp_path / "ray", executor="ray", jobs=2, **kw)
+    assert local.run == remote.run == 3 and remote.executor == "ray"
+    a, b = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    pngs = [f for f in a if f.endswith(".png")]
+    assert sorted(pngs) == sorted(f"conv2_{u}.png" for u in range(7))
+    assert a == b
+    # a rerun renders nothing
+    again = render_dir(model, "conv2", "0:7", tmp_path / "ray", **kw)
+    assert again.run == 0 and again.skipped == 3
+
+
+@pytest.fixture(scope="module")
+def pool(cluster):
+    """Two Ray actors holding the site's model, shared by the tests (actors take seconds to start)."""
+    model = _model()
+    executor = site_executor(_explorer(model), "ray", jobs=2)
+    try:
+        yield model, executor
+    finally:
+        executor.close()
+
+
 def test_ray_build_writes_the_same_files_and_bytes_as_local(cluster, local_site, tmp_path):
     model = _model()
     report = build_site(model, tmp_path / "ray", explorer=_explorer(model), executor="ray", jobs=2)
@@ -83,35 +110,31 @@ def test_ray_build_writes_the_same_files_and_bytes_as_local(cluster, local_site,
     assert ray.is_initialized()
 
 
-def test_killed_busy_worker_is_replaced_and_the_build_completes(cluster, local_site, tmp_path):
-    model = _model()
+def test_killed_busy_worker_is_replaced_and_the_build_completes(pool, local_site, tmp_path):
+    model, executor = pool
     ex = _explorer(model)
-    executor = site_executor(ex, "ray", jobs=2)
     killed: list[int] = []
-    try:
-        # actors use their CPU share of torch threads (2 CPUs / 2 workers)
-        assert executor.threads == 1
-        threads = ray.get([a.run.remote(_threads, None) for a in executor._actors], timeout=300)
-        assert threads == [1, 1]
-        assert len(set(executor.pids())) == 2
+    # actors use their CPU share of torch threads (2 CPUs / 2 workers)
+    assert executor.threads == 1
+    threads = ray.get([a.run.remote(_threads, None) for a in executor._actors], timeout=300)
+    assert threads == [1, 1]
+    assert len(set(executor.pids())) == 2
 
-        def progress(stage: str, done: int, total: int) -> None:
-            # the first render job just finished on worker i, which has already started its next job
-            # (two are queued per worker): kill that worker now, in the middle of a job
-            if stage == "render" and not killed and done >= 1 and done < total - 2:
-                i = next(k for k, n in enumerate(executor.done_per_worker) if n > 0)
-                pid = executor.pids()[i]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+    def progress(stage: str, done: int, total: int) -> None:
+        # the first render job just finished on worker i, which has already started its next job
+        # (two are queued per worker): kill that worker now, in the middle of a job
+        if stage == "render" and not killed and done >= 1 and done < total - 2:
+            i = next(k for k, n in enumerate(executor.done_per_worker) if n > 0)
+            pid = executor.pids()[i]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
-        # make the render stage the one that runs on worker 0 first: weights jobs done with fresh counts
-        report = build_site(model, tmp_path / "ray", explorer=ex, executor=executor,
-                            progress=_reset_counts(executor, progress))
-        assert killed, "the test never killed a worker"
-        assert report.retried >= 1 and executor.replaced >= 1
-        assert killed[0] not in executor.pids()  # a fresh process took its place
-    finally:
-        executor.close()
+    # count jobs per worker from the start of the render stage
+    report = build_site(model, tmp_path / "ray", explorer=ex, executor=executor,
+                        progress=_reset_counts(executor, progress))
+    assert killed, "the test never killed a worker"
+    assert report.retried >= 1 and executor.replaced >= 1
+    assert killed[0] not in executor.pids()  # a fresh process took its place
     got = _files(tmp_path / "ray")
     assert sorted(got) == sorted(local_site)
     assert [f for f in got if got[f] != local_site[f]] == []
@@ -139,17 +162,16 @@ def _fail(_state, job) -> None:
     raise WeightvizError(f"bad job {job.inputs['x']}")
 
 
-def test_a_jobs_own_error_reaches_the_driver_unretried(cluster):
-    from weightviz.explore import RayExecutor
+def test_a_jobs_own_error_reaches_the_driver_unretried(pool):
+    _, executor = pool
+    retried = executor.retried
+    with pytest.raises(WeightvizError, match="bad job 7"):
+        list(executor.imap(_fail, [Job("render", {"x": 7}, ("a.png",))]))
+    assert executor.retried == retried
 
-    with RayExecutor(1, _model, ()) as executor:
-        with pytest.raises(WeightvizError, match="bad job 7"):
-            list(executor.imap(_fail, [Job("render", {"x": 7}, ("a.png",))]))
-        assert executor.retried == 0
 
-
-def test_interrupted_driver_leaves_whole_files_and_a_rerun_resumes(cluster, local_site, tmp_path):
-    model = _model()
+def test_interrupted_driver_leaves_whole_files_and_a_rerun_resumes(pool, local_site, tmp_path):
+    model, executor = pool
     root = tmp_path / "site"
 
     def interrupt(stage: str, done: int, total: int) -> None:
@@ -157,7 +179,7 @@ def test_interrupted_driver_leaves_whole_files_and_a_rerun_resumes(cluster, loca
             raise KeyboardInterrupt  # what Ctrl-C raises in the driver's main thread
 
     with pytest.raises(KeyboardInterrupt):
-        build_site(model, root, explorer=_explorer(model), executor="ray", jobs=2, progress=interrupt)
+        build_site(model, root, explorer=_explorer(model), executor=executor, progress=interrupt)
     partial = _files(root)
     assert not [f for f in partial if ".tmp" in f]  # no temporary files left behind
     assert all(partial[f] == local_site[f] for f in partial)  # every file there is whole and final
@@ -166,23 +188,8 @@ def test_interrupted_driver_leaves_whole_files_and_a_rerun_resumes(cluster, loca
     for s in stamps:  # a stamped job has all its outputs
         assert all(o in partial for o in json.loads(partial[s])["outputs"])
 
-    report = build_site(model, root, explorer=_explorer(model), executor="ray", jobs=2)
+    report = build_site(model, root, explorer=_explorer(model), executor=executor)
     assert report.skipped["weights"] == 3 and report.skipped["render"] >= 2  # resumed, not redone
     got = _files(root)
     assert sorted(got) == sorted(local_site)
     assert [f for f in got if got[f] != local_site[f]] == []
-
-
-def test_bulk_render_on_ray_matches_local_bytes(cluster, tmp_path):
-    model = _model()
-    kw = {"size": 16, "steps": 3, "batch": 3, "cache": None}
-    local = render_dir(model, "conv2", "0:7", tmp_path / "local", **kw)
-    remote = render_dir(model, "conv2", "0:7", tmp_path / "ray", executor="ray", jobs=2, **kw)
-    assert local.run == remote.run == 3 and remote.executor == "ray"
-    a, b = _files(tmp_path / "local"), _files(tmp_path / "ray")
-    pngs = [f for f in a if f.endswith(".png")]
-    assert sorted(pngs) == sorted(f"conv2_{u}.png" for u in range(7))
-    assert a == b
-    # a rerun renders nothing
-    again = render_dir(model, "conv2", "0:7", tmp_path / "ray", executor="ray", jobs=2, **kw)
-    assert again.run == 0 and again.skipped == 3

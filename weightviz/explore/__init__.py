@@ -19,8 +19,8 @@ Command line: ``weightviz explore MODEL -o site/`` and ``weightviz serve MODEL``
 
 from __future__ import annotations
 
-from .data import ExploreConfig, Explorer, default_layers, explorable
 from .bulk import RenderDirReport, render_dir
+from .data import ExploreConfig, Explorer, default_layers, explorable
 from .jobs import Executor, Job, ProcessExecutor, SerialExecutor
 from .ray_executor import RayExecutor
 from .server import ExplorerApp, ExplorerServer, make_server, serve

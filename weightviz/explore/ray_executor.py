@@ -70,6 +70,8 @@ class RayExecutor:
     ``device``: ``"cpu"`` or ``"cuda"``; with CUDA each actor asks for ``gpus`` GPUs (default: the
     cluster's GPUs split evenly, at most 1). ``depth``: jobs queued per actor (2 hides Ray's per-call
     latency). ``max_retries``: resubmissions of one job after worker deaths before giving up.
+    ``init_timeout``: seconds to wait for all actors to start and load the model (a cluster without
+    room for them raises :class:`WeightvizError` then).
     The executor shuts down the Ray instance it started on :meth:`close` (not one it joined).
     """
 
@@ -79,7 +81,7 @@ class RayExecutor:
     def __init__(self, workers: int | None, init: Callable[..., Any], init_args: tuple = (), *,
                  address: str | None = None, device: str = "cpu", cpus: float | None = None,
                  gpus: float | None = None, depth: int = 2, max_retries: int = 3,
-                 init_timeout: float = 120.0):
+                 init_timeout: float = 600.0):
         if workers is not None and workers < 1:
             raise WeightvizError(f"--jobs must be at least 1, got {workers}")
         ray = import_ray()
@@ -124,7 +126,28 @@ class RayExecutor:
                                                   max_task_retries=0)
         self._actors = [self._new_actor() for _ in range(workers)]
         self._gen = [0] * workers
-        self._init_timeout = init_timeout
+        self._wait_ready(init_timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait until every actor has started and loaded its state: a cluster without room for them
+        (CPUs/GPUs held by others) or a failing ``init`` becomes one clear error, not a silent wait."""
+        ray = self._ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        refs = [a.pid.remote() for a in self._actors]
+        try:
+            ray.get(refs, timeout=timeout)
+        except GetTimeoutError:
+            avail = ray.available_resources()
+            self.close()
+            raise WeightvizError(
+                f"Ray could not start {self.workers} workers of {self.cpus:g} CPU"
+                + (f" + {self.gpus:g} GPU" if self.gpus else "")
+                + f" within {timeout:g} s (free now: {avail.get('CPU', 0):g} CPU, {avail.get('GPU', 0):g} GPU); "
+                "use fewer --jobs or free the cluster") from None
+        except RayActorError as e:
+            self.close()
+            raise WeightvizError(f"a Ray worker could not start: {_last_error_line(str(e))}") from e
 
     # ----------------------------------------------------------------------------------- actors
     def _new_actor(self):
