@@ -87,6 +87,21 @@ def test_bulk_render_on_ray_matches_local_bytes(cluster, tmp_path):
     assert again.run == 0 and again.skipped == 3
 
 
+def test_cli_bulk_render_on_ray_is_the_local_bytes(cluster, tmp_path, capsys):
+    from weightviz.cli import main
+
+    args = ["render", "torchvision:squeezenet1_1", "features.3", "0:5", "--size", "16", "--steps", "2",
+            "--batch", "2", "--no-cache"]
+    torch.manual_seed(0)  # random init: the same weights in both runs (workers get the loaded model)
+    assert main([*args, "-o", str(tmp_path / "local")]) == 0
+    torch.manual_seed(0)
+    assert main([*args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--jobs", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 5 PNGs of features.3" in captured.out
+    assert "summary: ray executor, 1 worker: 3 jobs run" in captured.err
+    assert _files(tmp_path / "local") == _files(tmp_path / "ray")
+
+
 @pytest.fixture(scope="module")
 def pool(cluster):
     """Two Ray actors holding the site's model, shared by the tests (actors take seconds to start)."""
