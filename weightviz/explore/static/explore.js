@@ -60,11 +60,15 @@
       var exact = cards.filter(function (c) { return c.getAttribute("data-unit") === q; })[0] || (hits.length === 1 && hits[0]);
       if (exact) { window.location.href = exact.href; }
     });
-    var m = /^#u(\d+)$/.exec(window.location.hash);
-    var at = m ? cards.indexOf(document.getElementById("u" + m[1])) : -1;
-    if (at >= 0) { page = Math.floor(at / size); }
-    show();
-    if (at >= 0) { cards[at].scrollIntoView(); }
+    var goToHash = function () {  // #uN: show the page that holds unit N's card
+      var m = /^#u(\d+)$/.exec(window.location.hash);
+      var at = m ? cards.indexOf(document.getElementById("u" + m[1])) : -1;
+      if (at >= 0) { filter.value = ""; hits = cards; page = Math.floor(at / size); }
+      show();
+      if (at >= 0) { cards[at].scrollIntoView(); }
+    };
+    window.addEventListener("hashchange", goToHash);
+    goToHash();
   }
   // the index: filter layer rows by name
   var lf = document.getElementById("layer-filter");
