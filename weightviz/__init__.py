@@ -56,6 +56,10 @@ _EXPORTS: dict[str, str] = {
     "RenderResult": "optvis.render",
     "RenderCache": "optvis.cache",
     "render_dir": "explore.bulk",
+    # image sets
+    "images": "imageset",
+    "ImageSet": "imageset",
+    "as_images": "imageset",
     # analysis
     "banding_score": "metrics",
     "banding_test": "metrics",
