@@ -272,3 +272,47 @@ def test_ctrl_c_stops_an_explore_with_worker_processes_at_once(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
     assert not (site / "index.html").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["explore", MODEL, "-o", "{new}", "--executor", "dask"], "unknown --executor 'dask'"),
+    (["explore", MODEL, "-o", "{new}", "--address", "auto"], "--address is for --executor ray"),
+    (["explore", MODEL, "-o", "{new}", "--all", "--layers", "features.3"], "--all explores every layer"),
+    (["explore", MODEL, "-o", "{new}", "--device", "tpu"], "unknown device 'tpu'"),
+    (["render", MODEL, "features.3", "0:2", "-o", "{new}.png", "--executor", "ray"], "give -o a directory"),
+    (["render", MODEL, "features.3", "0:2", "-o", "{file}"], "exists and is not a directory"),
+    (["render", MODEL, "features.33", "0:2", "-o", "{new}"], "unknown layer 'features.33'"),
+])
+def test_executor_and_device_options_refuse_bad_input(tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("x")
+    args = [a.format(new=tmp_path / "new", file=tmp_path / "file") for a in args]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("no weights given: random initialization")]  # MODEL is random init
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    assert main(["layers", MODEL, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: device 'cuda' requested but CUDA is not available here; use --device cpu or auto"]
+
+
+def test_explore_all_plans_every_explorable_layer(tmp_path, capsys, monkeypatch):
+    import weightviz.explore as wx
+    from weightviz.explore import explorable
+
+    seen = {}
+
+    def fake_build(model, out, **kw):  # the planning is what --all changes; the build is tested above
+        seen["ex"] = kw["explorer"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wx, "build_site", fake_build)
+    torch.manual_seed(0)
+    main(["explore", MODEL, "-o", str(tmp_path / "s"), "--all", "--units", "0:2"])  # (the exit code of an
+    ex = seen["ex"]                                               # interrupt is cli/__init__'s business)
+    assert ex.layers == [r.name for r in explorable(ex.model)] and len(ex.layers) > 20
+    assert all(ex.units[layer] == [0, 1] for layer in ex.layers)

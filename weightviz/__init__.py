@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "preprocess": "models",
     "parse_units": "models",
     "model_hash": "models",
+    "resolve_device": "_device",
+    "to_device": "_device",
     "InputSpec": "models",
     "LayerInfo": "models",
     "LayerTable": "models",
@@ -59,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "render": "optvis.render",
     "RenderResult": "optvis.render",
     "RenderCache": "optvis.cache",
+    "render_dir": "explore.bulk",
     # image sets
     "images": "imageset",
     "ImageSet": "imageset",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +105,12 @@ def progress_bar(description: str, total: int | None) -> Iterator[callable]:
         yield advance
 
 
-def load(model_spec: str):
-    """Load a model from a CLI spec (errors become WeightvizError)."""
+def load(model_spec: str, device: str | None = None):
+    """Load a model from a CLI spec (errors become WeightvizError) and move it to ``device`` (default:
+    the command's ``--device``, see :func:`with_device`)."""
     import warnings
 
+    from .._device import to_device
     from ..models import load_model
 
     with warnings.catch_warnings(record=True) as caught:  # shown after the spinner, not inside its display
@@ -114,4 +119,36 @@ def load(model_spec: str):
             model = load_model(model_spec)
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-    return model
+    return to_device(model, device if device is not None else _DEVICE.get())
+
+
+# ------------------------------------------------------------------------------------ --device
+DEVICE_HELP = "Compute device: auto (CUDA when available), cpu or cuda[:N]."
+_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("weightviz_device", default=None)
+
+
+def with_device(fn):
+    """Give a command the one ``--device auto|cpu|cuda`` option (defined here, once): the wrapper adds
+    the parameter to the command's signature, resolves it before any work (bad device -> one line,
+    exit 2) and :func:`load` moves the model there. Put it under ``@app.command(...)``."""
+    sig = inspect.signature(fn)
+    param = inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                              default=typer.Option("auto", "--device", help=DEVICE_HELP))
+
+    @functools.wraps(fn)
+    def wrapper(*args, device: str = "auto", **kwargs):
+        from .._device import resolve_device
+
+        token = _DEVICE.set(str(resolve_device(device)))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _DEVICE.reset(token)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    return wrapper
+
+
+def current_device() -> str | None:
+    """The resolved ``--device`` of the running command (``None`` outside one)."""
+    return _DEVICE.get()

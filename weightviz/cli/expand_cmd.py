@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, with_device
 
 
 @app.command("expand")
+@with_device
 def expand_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source layer (its output channels are the inputs)."),

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
 
 figure_app = typer.Typer(
     no_args_is_help=True,
@@ -58,6 +58,7 @@ def _fv(size: int, steps: int | None, seed: int, cache: bool, fv: bool) -> dict[
 
 
 @figure_app.command("top-inputs")
+@with_device
 def top_inputs_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer of the unit (a conv, or a block with --src)."),
@@ -75,6 +76,7 @@ def top_inputs_cmd(
 
 
 @figure_app.command("expanded")
+@with_device
 def expanded_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source layer (expanded weights start at its output)."),
@@ -92,6 +94,7 @@ def expanded_cmd(
 
 
 @figure_app.command("small-multiples")
+@with_device
 def small_multiples_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Destination layer."),
@@ -112,6 +115,7 @@ def small_multiples_cmd(
 
 
 @figure_app.command("family-grid")
+@with_device
 def family_grid_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Destination layer (the output family)."),
@@ -130,6 +134,7 @@ def family_grid_cmd(
 
 
 @figure_app.command("spatial")
+@with_device
 def spatial_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer of the unit."),
@@ -149,6 +154,7 @@ def spatial_cmd(
 
 
 @figure_app.command("factors")
+@with_device
 def factors_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Layer of the family."),
@@ -169,6 +175,7 @@ def factors_cmd(
 
 
 @figure_app.command("paths")
+@with_device
 def paths_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Early layer."),

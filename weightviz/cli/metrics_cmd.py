@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, count_option, load, progress_bar
+from ._common import MODEL_HELP, app, check_output, count_option, load, progress_bar, with_device
 
 
 @app.command("banding")
+@with_device
 def banding_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     output: Path = typer.Option(None, "--output", "-o", help="Write the plot across depth (.png or .svg)."),
@@ -46,6 +47,7 @@ def banding_cmd(
 
 
 @app.command("tail")
+@with_device
 def tail_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer whose unit to inspect (names from `weightviz layers`)."),

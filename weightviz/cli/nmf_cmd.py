@@ -6,10 +6,20 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, progress_bar
+from ._common import (
+    MODEL_HELP,
+    app,
+    check_output,
+    count_option,
+    err_console,
+    load,
+    progress_bar,
+    with_device,
+)
 
 
 @app.command("nmf")
+@with_device
 def nmf_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer name as printed by `weightviz layers MODEL`."),

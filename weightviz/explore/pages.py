@@ -324,6 +324,9 @@ def _source_label(ex: Explorer, layer: str) -> str:
     return f"from {src} ({'direct' if src == pred else 'expanded'})"
 
 
+LAYER_PAGE_SIZE = 256  # unit cards shown at once on a layer page (explore.js pages through the rest)
+
+
 def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str, nmf: bool = True) -> str:
     """The layer page: FV and NMF image of each unit in ``units`` (``nmf=False``: the weights from the
     primary source could not be computed, show FVs only)."""
@@ -336,6 +339,7 @@ def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str, nmf: b
                   "source_label": _source_label(ex, layer)},
         "units": [{"unit": u, "href": P.unit_path(layer, u), "fv": P.fv_path(layer, u),
                    "nmf": P.nmf_path(layer, src, u) if nmf else None} for u in units],
+        "page_size": LAYER_PAGE_SIZE,
     }
     return environment().get_template("layer.html").render(ctx)
 
