@@ -146,3 +146,98 @@ def test_live_server_in_chromium(browser, model):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------ a site of 3000 units
+def _big_site(root: Path, n: int = 3000) -> None:
+    """The index and layer page of a real 3000-unit layer (pages rendered by the explorer's own page
+    functions), every image one small PNG: what is tested is how the pages behave at that size."""
+    from torch import nn
+
+    from weightviz.explore import pages
+    from weightviz.explore import paths as P
+    from weightviz.explore._png import fv_png
+    from weightviz.explore.site import _write_assets
+
+    model = nn.Sequential(nn.Conv2d(3, n, 1)).eval()
+    ex = Explorer(model, "0", None, config=FAST, render_cache=None, name="wide")
+    _write_assets(root)
+    (root / "index.html").write_text(pages.index_html(ex, ex.units, "static"))
+    (root / P.layer_path("0")).parent.mkdir(parents=True, exist_ok=True)
+    (root / P.layer_path("0")).write_text(pages.layer_html(ex, "0", ex.units["0"], "static"))
+    (root / P.unit_path("0", 1000)).parent.mkdir(parents=True, exist_ok=True)
+    (root / P.unit_path("0", 1000)).write_text("<!doctype html><title>unit 1000</title>")  # one Enter opens
+    png = fv_png(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    for u in range(n):
+        for rel in (P.fv_path("0", u), P.nmf_path("0", ex.primary_source("0"), u)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(png)
+
+
+def test_a_layer_of_3000_units_loads_a_page_of_cards_and_finds_any_unit(browser, tmp_path):
+    from weightviz.explore.pages import LAYER_PAGE_SIZE
+
+    _big_site(tmp_path)
+    tab = Tab(browser)
+    requested: list[str] = []
+    tab.page.on("request", lambda r: requested.append(r.url) if r.url.endswith(".png") else None)
+    try:
+        p = tab.page
+        p.goto((tmp_path / "layer" / "0.html").resolve().as_uri())
+        p.wait_for_load_state("load")
+        assert p.locator(".card").count() == 3000
+        assert p.locator(".card:visible").count() == LAYER_PAGE_SIZE  # one page of cards shown
+        assert p.locator("#page-label").inner_text().startswith(f"page 1 of {-(-3000 // LAYER_PAGE_SIZE)}")
+        # lazy images: far fewer requests than the 6000 images of the layer (at most the visible page)
+        p.wait_for_timeout(500)
+        assert 0 < len(requested) <= 2 * LAYER_PAGE_SIZE
+        # the search box: unit 2999 is one keystroke sequence away, and its images load
+        p.fill("#unit-filter", "2999")
+        assert p.locator(".card:visible").count() == 1 and p.locator("#u2999").is_visible()
+        p.wait_for_function("Array.from(document.querySelectorAll('#u2999 img')).every(i => i.complete && i.naturalWidth > 0)",
+                            timeout=60_000)
+        p.fill("#unit-filter", "12")  # prefix: 12, 120-129, 1200-1299
+        assert p.locator(".card:visible").count() == 1 + 10 + 100
+        p.fill("#unit-filter", "")
+        p.click("#pager button:text-is('next ›')")
+        assert p.locator("#page-label").inner_text().startswith("page 2 of")
+        assert p.locator(f"#u{LAYER_PAGE_SIZE}").is_visible() and p.locator("#u0").is_hidden()
+        # a link to a unit's card (#uN) opens the page that holds it
+        p.goto((tmp_path / "layer" / "0.html").resolve().as_uri() + "#u1000")
+        p.wait_for_load_state("load")
+        assert p.locator("#u1000").is_visible()
+        p.screenshot(path=str(tmp_path / "layer.png"))
+        # Enter on an exact unit opens its page
+        p.fill("#unit-filter", "1000")
+        with p.expect_navigation():
+            p.press("#unit-filter", "Enter")
+        assert p.url.endswith("unit/0/1000.html")
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+def test_index_filters_layers_by_name(browser, model, tmp_path):
+    root = tmp_path / "site"
+    ex = Explorer(model, None, "0:2", config=FAST, render_cache=None, name="tiny")
+    build_site(model, root, explorer=ex)
+    # the filter appears on indexes of more than 8 layers: show every explorable layer of a wider model
+    from torch import nn
+
+    from weightviz.explore import pages
+
+    wide = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 1) for i in range(12)]).eval()
+    wex = Explorer(wide, [str(i) for i in range(12)], "0:1", config=FAST, render_cache=None, name="deep")
+    (root / "deep.html").write_text(pages.index_html(wex, wex.units, "static"))
+    tab = Tab(browser)
+    try:
+        p = tab.page
+        p.goto((root / "index.html").resolve().as_uri())
+        assert p.locator("#layer-filter").count() == 0  # 3 layers: no filter needed
+        p.goto((root / "deep.html").resolve().as_uri())
+        assert p.locator("table.layers tbody tr:visible").count() == 12
+        p.fill("#layer-filter", "1")  # layers 1, 10, 11
+        assert p.locator("table.layers tbody tr:visible").count() == 3
+        assert p.locator("#layer-count").inner_text() == "3 of 12 layers"
+    finally:
+        tab.close()

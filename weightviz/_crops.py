@@ -50,7 +50,7 @@ class Window:
 
 def _axis(model: nn.Module, src: str | None, dst: str, n: int, axis: int, size: int) -> tuple[int, int, int, int]:
     """``(offset, stride, src_len, dst_len)`` along ``axis`` for square inputs of side ``n``."""
-    from .expand import receptive_field
+    from ._field import receptive_field
 
     rf = receptive_field(model, dst, src, input_size=n)
     src_len, dst_len = rf.src_shape[1 + axis], rf.dst_shape[1 + axis]

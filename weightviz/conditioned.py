@@ -30,8 +30,8 @@ image's selected output gives every image's own gradient in one backward. The mo
 >>> d.weights.shape, d.activations.shape                  # [N, C_src, K, K], [N]         # doctest: +SKIP
 (torch.Size([16, 40, 7, 7]), torch.Size([16]))
 >>> c = wv.cases(m, "blocks.2.0", "blocks.3.0", 5, wv.images(n=64, model=m), n_cases=2)  # doctest: +SKIP
->>> c.patterns.shape, c.loadings.shape, round(c.explained, 2)                           # doctest: +SKIP
-(torch.Size([2, 40, 7, 7]), torch.Size([64, 2]), 0.81)
+>>> c.patterns.shape, c.loadings.shape                    # [n_cases, C_src, K, K], [N, n_cases]  # doctest: +SKIP
+(torch.Size([2, 40, 7, 7]), torch.Size([64, 2]))
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ import torch
 from torch import nn
 
 from . import _crops
+from ._field import receptive_field
+from ._trace import _device_dtype
 from .errors import WeightvizError
-from .expand import Connection, expanded_weights, rank_connections, receptive_field
+from .expand import Connection, expanded_weights, rank_connections
 from .models import get_module, parse_units, resolve
 
 __all__ = ["CaseExamples", "Cases", "DataWeights", "cases", "data_weights"]
@@ -93,8 +95,9 @@ class DataWeights:
         return _crop_examples(self, indices)
 
     def figure(self, n_examples: int = 6, k: int = 6, **kwargs: Any):
-        """:func:`weightviz.figures.data_weights` of this result (FV keyword arguments pass through)."""
-        from .figures.conditioned import data_weights as fig
+        """:func:`weightviz.figures.conditioned.data_weights_figure` of this result (FV keyword arguments
+        pass through)."""
+        from .figures.conditioned import data_weights_figure as fig
 
         return fig(self, n_examples=n_examples, k=k, **kwargs)
 
@@ -149,8 +152,9 @@ class Cases:
         return mean / e if e > 0 else math.inf
 
     def figure(self, k: int = 6, n_examples: int = 4, **kwargs: Any):
-        """:func:`weightviz.figures.cases` of this result (FV keyword arguments pass through)."""
-        from .figures.conditioned import cases as fig
+        """:func:`weightviz.figures.conditioned.cases_figure` of this result (FV keyword arguments pass
+        through)."""
+        from .figures.conditioned import cases_figure as fig
 
         return fig(self, k=k, n_examples=n_examples, **kwargs)
 
@@ -177,13 +181,6 @@ def _images(images: Any, model: nn.Module):
     from .imageset import as_images
 
     return as_images(images, model)
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
 
 
 def _parse_position(position: Any) -> Any:

@@ -117,7 +117,7 @@ CASES_CONFIG = {"n_images": 48, "image_size": 128, "n_cases": 2, "k": 4, "n_exam
 @demo_step("cases", "cases of blocks.2.0 -> blocks.3.1 #70 over the embedded images, beside its expanded weight")
 def cases_step(ctx: DemoContext) -> list[Path]:
     from .conditioned import cases
-    from .figures import cases as cases_figure
+    from .figures.conditioned import cases_figure
     from .imageset import images
 
     src, dst, unit = CASES_UNIT

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, err_console, load
+from ._common import (
+    MODEL_HELP,
+    app,
+    count_option,
+    current_device,
+    err_console,
+    load,
+    size_option,
+    with_device,
+)
+from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
 
 _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers MODEL` (default: the model's "
                 "outermost blocks; for EfficientNet-Lite0 the stage entries blocks.0.0 ... blocks.6.0).")
@@ -40,16 +50,21 @@ def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, see
 
 
 @app.command("explore")
+@with_device
 def explore_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Site directory (new, empty, or an earlier site to update)."),
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP),
     units: str = typer.Option(None, "--units", "-u", help=_UNITS_HELP),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (1 = this process)."),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers each unit's inputs are also "
+    all_layers: bool = typer.Option(False, "--all", help="Every unit of every explorable layer (the whole "
+                                    "model; instead of --layers)."),
+    executor: str = executor_option(),
+    address: str = address_option(),
+    jobs: int = jobs_option(),
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers each unit's inputs are also "
                                 "expanded from (besides the layer feeding it directly)."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
@@ -67,41 +82,42 @@ def explore_cmd(
     Opens from disk (no server). Re-running skips what is already built.
 
     Example: weightviz explore lite0 -o site/ --layers blocks.1.0,blocks.2.0,blocks.3.0 --units 0:16
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    The whole model on a Ray cluster: weightviz explore lite0 -o atlas/ --all --executor ray --address auto
+    """
+    from ..errors import WeightvizError
     from ..explore import Explorer, build_site
     from ..explore.site import check_root
 
     check_root(output)  # before any work: not a file, not a foreign non-empty directory, writable
-    if jobs < 1:
-        from ..errors import WeightvizError
-
-        raise WeightvizError(f"--jobs must be at least 1, got {jobs}")
+    check_executor(executor, address, jobs)
+    if all_layers and layers:
+        raise WeightvizError("--all explores every layer: drop --layers (or drop --all to choose layers)")
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
+        if all_layers:
+            from ..explore import explorable
+
+            layers = [r.name for r in explorable(m)]
         ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
     n_pages = sum(len(v) for v in ex.units.values())
-    err_console.print(f"exploring {len(ex.layers)} layers of {model} ({', '.join(ex.layers)}): {n_pages} unit pages",
-                      markup=False, highlight=False)
+    shown = ", ".join(ex.layers) if len(ex.layers) <= 12 else f"{', '.join(ex.layers[:3])}, ..., {ex.layers[-1]}"
+    err_console.print(f"exploring {len(ex.layers)} layers of {model} ({shown}): {n_pages} unit pages "
+                      f"on {current_device() or 'cpu'}, {executor} executor", markup=False, highlight=False)
     names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations",
              "examples": "dataset examples", "page": "pages", "cases": "cases over the images"}
-    with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex)
+    with job_progress(names) as progress:
+        report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex,
+                            executor=executor, address=address,
+                            on_wait=lambda line: err_console.print(line, markup=False, highlight=False))
     typer.echo(f"wrote {report.index} ({report.summary()})")
+    typer.echo(f"summary: {report.stats()}")
     typer.echo(f"open it: file://{report.index.resolve()}")
 
 
 @app.command("serve")
+@with_device
 def serve_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port (0 = any free port)."),
@@ -109,10 +125,10 @@ def serve_cmd(
                              "this machine."),
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
     units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers to expand inputs from."),
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
@@ -134,6 +150,10 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
+    if db is not None:  # before any work: a file that is not an SQLite database fails here, naming --db
+        from ..explore.store import SqliteCache
+
+        SqliteCache(db, "0" * 16)
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):

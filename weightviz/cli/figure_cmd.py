@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, err_console, load
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
 
 figure_app = typer.Typer(
     no_args_is_help=True,
@@ -27,8 +27,8 @@ app.add_typer(figure_app, name="figure")
 _OUT = typer.Option(..., "--output", "-o", help="Output image: .png or .svg.")
 _SRC = typer.Option(None, "--src", "-s", help="Source layer for expanded weights (default: the layer's "
                     "direct weights, inputs = the layer feeding it).")
-_SIZE = typer.Option(96, "--size", help="Feature-visualization size in pixels.")
-_STEPS = typer.Option(None, "--steps", help="Feature-visualization steps (default: the render default).")
+_SIZE = size_option(96)
+_STEPS = count_option(None, "--steps", help="Feature-visualization steps (default: the render default).")
 _SEED = typer.Option(0, "--seed", help="Feature-visualization seed.")
 _CACHE = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache "
                       "($WEIGHTVIZ_CACHE or ~/.cache/weightviz).")
@@ -58,13 +58,14 @@ def _fv(size: int, steps: int | None, seed: int, cache: bool, fv: bool) -> dict[
 
 
 @figure_app.command("top-inputs")
+@with_device
 def top_inputs_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer of the unit (a conv, or a block with --src)."),
     unit: int = typer.Argument(..., help="Output channel of LAYER."),
     output: Path = _OUT,
     src: str = _SRC,
-    k: int = typer.Option(8, "--top", "-k", help="Number of inputs shown, strongest first."),
+    k: int = count_option(8, "--top", "-k", help="Number of inputs shown, strongest first."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """A unit's FV and its top-k input channels (FV + weight heatmap, one shared scale, exc./inh. marked).
@@ -75,13 +76,14 @@ def top_inputs_cmd(
 
 
 @figure_app.command("expanded")
+@with_device
 def expanded_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source layer (expanded weights start at its output)."),
     dst: str = typer.Argument(..., help="Destination layer."),
     unit: int = typer.Argument(..., help="Output channel of DST."),
     output: Path = _OUT,
-    k: int = typer.Option(16, "--top", "-k", help="Number of input channels shown, strongest first."),
+    k: int = count_option(16, "--top", "-k", help="Number of input channels shown, strongest first."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Expanded-weight heatmaps of the top-k source channels of one unit, with their FVs.
@@ -92,6 +94,7 @@ def expanded_cmd(
 
 
 @figure_app.command("small-multiples")
+@with_device
 def small_multiples_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Destination layer."),
@@ -100,7 +103,7 @@ def small_multiples_cmd(
     src: str = _SRC,
     inputs: str = typer.Option(None, "--inputs", "-i", help="Input channels, one column each (default: "
                                "the --top strongest over the units)."),
-    k: int = typer.Option(6, "--top", "-k", help="Number of inputs when --inputs is not given."),
+    k: int = count_option(6, "--top", "-k", help="Number of inputs when --inputs is not given."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Weights from several inputs to one or several units as small multiples, FVs on the margins.
@@ -112,6 +115,7 @@ def small_multiples_cmd(
 
 
 @figure_app.command("family-grid")
+@with_device
 def family_grid_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Destination layer (the output family)."),
@@ -130,13 +134,14 @@ def family_grid_cmd(
 
 
 @figure_app.command("spatial")
+@with_device
 def spatial_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer of the unit."),
     unit: int = typer.Argument(..., help="Output channel of LAYER."),
     output: Path = _OUT,
     src: str = _SRC,
-    max_size: int = typer.Option(7, "--max-size", help="Show at most this many positions per side "
+    max_size: int = count_option(7, "--max-size", help="Show at most this many positions per side "
                                  "(the window holding the most weight)."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
@@ -149,14 +154,15 @@ def spatial_cmd(
 
 
 @figure_app.command("factors")
+@with_device
 def factors_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     dst: str = typer.Argument(..., help="Layer of the family."),
     units: str = typer.Argument(..., help="The family: units of DST ('0:8', '3,7,9')."),
     output: Path = _OUT,
     src: str = _SRC,
-    n_factors: int = typer.Option(2, "--factors", "-n", help="Number of NMF factors."),
-    n_top: int = typer.Option(4, "--top", "-k", help="Inputs listed per factor (largest loadings)."),
+    n_factors: int = count_option(2, "--factors", "-n", help="Number of NMF factors."),
+    n_top: int = count_option(4, "--top", "-k", help="Inputs listed per factor (largest loadings)."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Weight factors of a family: one-sided NMF across the units, FV of each factor direction, each
@@ -169,6 +175,7 @@ def factors_cmd(
 
 
 @figure_app.command("paths")
+@with_device
 def paths_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Early layer."),
@@ -177,7 +184,7 @@ def paths_cmd(
     unit: int = typer.Argument(..., help="Unit of DST."),
     src_unit: int = typer.Argument(..., help="Unit of SRC."),
     output: Path = _OUT,
-    n_routes: int = typer.Option(6, "--routes", "-r", help="Number of strongest routes shown."),
+    n_routes: int = count_option(6, "--routes", "-r", help="Number of strongest routes shown."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """The expanded weight from one early unit to one late unit beside its strongest routes through MID

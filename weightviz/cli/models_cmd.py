@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from ._common import MODEL_HELP, app, load
+from ._common import MODEL_HELP, app, load, with_device
 
 
 @app.command("layers")
+@with_device
 def layers_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     weights_only: bool = typer.Option(False, "--weights-only", "-w", help="Only conv/linear layers."),

@@ -4,8 +4,8 @@ The static site is built as a list of independent :class:`Job` records, plain pi
 ``kind`` (``"weights"``, ``"render"`` or ``"page"``), JSON-able ``inputs``, the ``outputs`` (paths
 relative to the site root) the job writes, and a ``key`` (a hash of everything the outputs depend on).
 A job runs as ``run_job(job, context)`` in whatever process an :class:`Executor` chooses: the same list
-can run serially, in a local process pool, or (later) on a distributed engine, because nothing but the
-job record and the model spec crosses the process boundary.
+can run serially, in a local process pool, or on a Ray cluster (:mod:`.ray_executor`), because nothing
+but the job record and the model crosses the process boundary.
 
 >>> jobs = [Job("page", {"page": "index"}, ("index.html",))]
 >>> [r for _, r in SerialExecutor(state="model").imap(lambda state, job: (state, job.kind), jobs)]
@@ -32,12 +32,17 @@ __all__ = [
     "Job",
     "ProcessExecutor",
     "SerialExecutor",
+    "EXECUTORS",
     "chunked",
+    "execute",
+    "executor_name",
     "is_done",
     "job_key",
     "make_executor",
     "mark_done",
     "stamp_path",
+    "worker_count",
+    "write_file",
 ]
 
 JOB_KINDS = ("weights", "render", "examples", "page", "cases")
@@ -104,7 +109,8 @@ def mark_done(root: Path, job: Job) -> None:
     p = stamp_path(root, job)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p, suffix="") as tmp:
-        tmp.write_text(json.dumps({"kind": job.kind, "inputs": job.inputs, "outputs": list(job.outputs)},
+        inputs = {k: v for k, v in job.inputs.items() if not k.startswith("_")}  # not run-time extras
+        tmp.write_text(json.dumps({"kind": job.kind, "inputs": inputs, "outputs": list(job.outputs)},
                                   default=str))
 
 
@@ -127,6 +133,9 @@ class Executor(Protocol):
 class SerialExecutor:
     """Run jobs one after another in this process. ``state`` is passed to every job as is (or built
     once by ``init(*init_args)`` on first use)."""
+
+    name = "local"
+    workers = 1
 
     def __init__(self, state: Any = None, init: Callable[..., Any] | None = None, init_args: tuple = ()):
         self._state = state
@@ -172,9 +181,12 @@ class ProcessExecutor:
     Each worker uses ``threads`` torch threads so the pool does not oversubscribe the cores.
     """
 
+    name = "local"
+
     def __init__(self, workers: int, init: Callable[..., Any], init_args: tuple = (), threads: int = 1):
         if workers < 1:
             raise WeightvizError(f"--jobs must be at least 1, got {workers}")
+        self.workers = workers
         import multiprocessing as mp
 
         self._pool = cf.ProcessPoolExecutor(
@@ -194,20 +206,93 @@ class ProcessExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Stop now (an error or Ctrl-C in the caller): cancel the queued jobs and terminate the workers
+        instead of waiting for the jobs they run. Outputs are written atomically, so a job cut short
+        leaves nothing half-written and is simply not done."""
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())  # CPython's worker table
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=60)
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
-def make_executor(workers: int, state: Any, init: Callable[..., Any], init_args: tuple = ()):
-    """:class:`SerialExecutor` on ``state`` for ``workers <= 1``; else a :class:`ProcessExecutor` whose
-    workers build their own state with ``init(*init_args)`` and split the cores between them."""
-    if workers <= 1:
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(workers: int | None, state: Any, init: Callable[..., Any], init_args: tuple = (), *,
+                  kind: str = "local", address: str | None = None, device: str = "cpu"):
+    """The executor for ``kind``:
+
+    - ``"local"``: :class:`SerialExecutor` on ``state`` for ``workers <= 1`` (or ``None``), else a
+      :class:`ProcessExecutor` whose workers build their own state with ``init(*init_args)`` and split
+      the cores between them;
+    - ``"ray"``: a :class:`~.ray_executor.RayExecutor` (``workers`` actors, default one per cluster
+      CPU/GPU; ``address`` as there; ``device`` decides whether actors ask for GPUs).
+    """
+    if kind not in EXECUTORS:
+        raise WeightvizError(f"unknown executor {kind!r}: use one of {', '.join(EXECUTORS)}")
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(workers, init, init_args, address=address, device=device)
+    if address is not None:
+        raise WeightvizError("--address is for --executor ray; drop it or add --executor ray")
+    if workers is None or workers <= 1:
+        if workers is not None and workers < 1:
+            raise WeightvizError(f"--jobs must be at least 1, got {workers}")
         return SerialExecutor(state)
     cores = os.cpu_count() or 1
     return ProcessExecutor(workers, init, init_args, threads=max(1, cores // workers))
+
+
+def worker_count(executor: Any) -> int:
+    """How many workers an executor runs jobs on (1 for :class:`SerialExecutor`)."""
+    return int(getattr(executor, "workers", 1))
+
+
+def executor_name(executor: Any) -> str:
+    """``"local"``, ``"ray"`` or the class name of a custom executor."""
+    return str(getattr(executor, "name", type(executor).__name__))
+
+
+def execute(executor: Any, fn: Callable[[Any, Job], Any], jobs: Sequence[Job], root: Path, *,
+            write: bool = False, on_done: Callable[[Job], None] | None = None) -> tuple[int, int]:
+    """Run the jobs of ``jobs`` that are not done yet (see :func:`is_done`) and stamp each as it
+    finishes; returns ``(ran, skipped)``.
+
+    ``write=True``: ``fn`` returns ``{relative path: bytes}`` and this process (the driver) writes the
+    files atomically under ``root`` before stamping the job (workers on other machines need no shared
+    disk). Otherwise ``fn`` wrote its outputs itself. ``on_done(job)`` is called after each stamp.
+    Interrupted at any point, only whole files exist and the stamp is written last, so a rerun resumes.
+    """
+    root = Path(root)
+    todo = [j for j in jobs if not is_done(root, j)]
+    for job, result in executor.imap(fn, todo):
+        if write:
+            for rel, data in result.items():
+                write_file(root / rel, data)
+        mark_done(root, job)
+        if on_done is not None:
+            on_done(job)
+    return len(todo), len(jobs) - len(todo)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def chunked(items: Sequence[Any], size: int) -> Iterable[list[Any]]:

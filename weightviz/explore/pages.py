@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..errors import WeightvizError
+from ..models import is_random_init, model_label
 from . import _png
 from . import paths as P
 from .data import Explorer, Source
@@ -61,7 +62,7 @@ def _base(ex: Explorer, page_path: str, mode: str) -> dict[str, Any]:
         "root": P.relative_root(page_path),
         "mode": mode,
         "version": __version__,
-        "model": {"name": ex.name, "hash": ex.hash},
+        "model": {"name": model_label(ex.model, ex.name), "hash": ex.hash, "random_init": is_random_init(ex.model)},
         "fvcfg": {"size": cfg.size, "steps": cfg.steps, "seed": cfg.seed},
     }
 
@@ -363,6 +364,9 @@ def _source_label(ex: Explorer, layer: str) -> str:
     return f"from {src} ({'direct' if src == pred else 'expanded'})"
 
 
+LAYER_PAGE_SIZE = 256  # unit cards shown at once on a layer page (explore.js pages through the rest)
+
+
 def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str, nmf: bool = True) -> str:
     """The layer page: FV and NMF image of each unit in ``units`` (``nmf=False``: the weights from the
     primary source could not be computed, show FVs only)."""
@@ -375,6 +379,7 @@ def layer_html(ex: Explorer, layer: str, units: Sequence[int], mode: str, nmf: b
                   "source_label": _source_label(ex, layer)},
         "units": [{"unit": u, "href": P.unit_path(layer, u), "fv": P.fv_path(layer, u),
                    "nmf": P.nmf_path(layer, src, u) if nmf else None} for u in units],
+        "page_size": LAYER_PAGE_SIZE,
     }
     return environment().get_template("layer.html").render(ctx)
 

@@ -1,7 +1,8 @@
 """The static explorer site: plain HTML/CSS/JS and PNG files that open from disk (``file://``).
 
 The build is three stages of independent :class:`~.jobs.Job` records, each run by an
-:class:`~.jobs.Executor` (serial, or a process pool with ``jobs > 1``):
+:class:`~.jobs.Executor` (serial, a process pool with ``jobs > 1``, or Ray actors with
+``executor="ray"``, whose results the driver writes):
 
 1. ``weights`` — one per explored layer: weights from each source, NMF images, top inputs/outputs,
    weight factors, banding; writes their PNGs and ``data/<layer>.json``;
@@ -22,9 +23,11 @@ PosixPath('site/index.html')
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,16 +38,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path
 from ..errors import WeightvizError
 from . import _png, pages
 from . import paths as P
 from .data import ExploreConfig, Explorer, Source
-from .jobs import Job, is_done, make_executor, mark_done
+from .jobs import Job, SerialExecutor, execute, executor_name, make_executor, worker_count, write_file
 
-__all__ = ["BuildReport", "build_site", "check_root", "plan_pages"]
+__all__ = ["BuildReport", "build_site", "check_root", "plan_pages", "produce_job", "run_job", "site_executor"]
 
 MARKER = ".weightviz/site.json"
+#: Held (``flock``) by the build writing the site: a second build of the same directory waits for it.
+LOCK = ".weightviz/build.lock"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -58,17 +62,36 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
     pages: int = 0
     renders: int = 0
+    executor: str = "local"
+    workers: int = 1
+    retried: int = 0
 
     @property
     def index(self) -> Path:
         return self.root / "index.html"
 
+    @property
+    def wall(self) -> float:
+        """Seconds of the whole build."""
+        return sum(self.seconds.values())
+
+    def jobs_per_second_per_worker(self) -> float:
+        """Weights and render jobs run per second of those two stages, per worker."""
+        n = self.run["weights"] + self.run["render"]
+        secs = self.seconds.get("weights", 0.0) + self.seconds.get("render", 0.0)
+        return n / secs / max(1, self.workers) if secs > 0 else 0.0
+
     def summary(self) -> str:
         ran = ", ".join(f"{v} {k}" for k, v in self.run.items())
         skipped = sum(self.skipped.values())
-        secs = sum(self.seconds.values())
         return (f"{self.pages} unit pages, {self.renders} FVs; jobs run: {ran}; {skipped} up to date; "
-                f"{secs:.1f} s")
+                f"{self.wall:.1f} s")
+
+    def stats(self) -> str:
+        """The end-of-build line: executor and workers, jobs, failures retried, wall time, rate."""
+        return (f"{self.executor} executor, {self.workers} worker{'s' if self.workers != 1 else ''}: "
+                f"{sum(self.run.values())} jobs run, {self.retried} retried after worker failures, "
+                f"wall {self.wall:.1f} s, {self.jobs_per_second_per_worker():.3g} weights/render jobs/s per worker")
 
 
 # ------------------------------------------------------------------------------------- the builder
@@ -79,78 +102,153 @@ def build_site(
     units: Any = None,
     *,
     config: ExploreConfig | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     render_cache: Any = True,
     progress: Progress | None = None,
     name: str | None = None,
     explorer: Explorer | None = None,
+    executor: Any = "local",
+    address: str | None = None,
+    device: str | torch.device | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the static explorer site for ``model`` in directory ``out``.
 
     ``layers``: explored layers (names or ``"a,b"``; default :func:`~.data.default_layers`); ``units``:
     which units get pages (``"0:16"``, ``None`` = all); ``config``: FV size/steps, top-k, factors;
-    ``jobs``: worker processes (1 = this process); ``render_cache``: see :class:`~.data.Explorer`;
+    ``executor``: ``"local"`` (``jobs`` worker processes, default 1 = this process), ``"ray"`` (``jobs``
+    Ray actors, default one per cluster CPU/GPU; ``address``: ``None`` starts a local Ray instance,
+    ``"auto"``/``"ray://..."`` joins a cluster) or any :class:`~.jobs.Executor` (not closed here);
+    ``device``: ``"auto"``/``"cpu"``/``"cuda"`` moves the model there (``None``: where it is; Ray
+    actors load it onto their own GPU share); ``render_cache``: see :class:`~.data.Explorer`;
     ``progress(stage, done, total)`` is called as jobs finish. ``out`` must be new, empty, or an earlier
-    weightviz site. Returns a :class:`BuildReport`; open ``report.index`` in a browser.
+    weightviz site. Returns a :class:`BuildReport`; open ``report.index`` in a browser. The files are
+    the same, byte for byte, whichever executor ran the jobs.
+
+    Two builds of one directory never run at once: a build holds a lock on the site (:data:`LOCK`); a
+    second one calls ``on_wait(line)`` (default: print the line on stderr), waits, and then finds the
+    finished work already done (it only builds what is missing).
     """
+    from .._device import to_device
+
     root = Path(out)
     check_root(root)
     t0 = time.perf_counter()
+    if explorer is None and isinstance(model, nn.Module):
+        to_device(model, device)
     ex = explorer or Explorer(model, layers, units, config=config, render_cache=render_cache, name=name)
-    cfg = ex.config
-    root.mkdir(parents=True, exist_ok=True)
+    to_device(ex.model, device)
+    (root / LOCK).parent.mkdir(parents=True, exist_ok=True)
+    with site_lock(root, on_wait):
+        check_root(root)
+        return _build(ex, root, jobs, progress, t0, executor, address)
+
+
+@contextlib.contextmanager
+def site_lock(root: Path, on_wait: Callable[[str], None] | None = None):
+    """Hold the build lock of site ``root`` (``fcntl.flock`` on :data:`LOCK`; released when the block
+    ends or the process dies). If another process holds it, ``on_wait(line)`` then wait for it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): builds are not serialized
+        yield
+        return
+    path = root / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WeightvizError(f"cannot create the build lock {str(path)!r}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            line = f"another weightviz build is writing {str(root)!r}; waiting for it to finish"
+            if on_wait is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                on_wait(line)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build(ex: Explorer, root: Path, jobs: int | None, progress: Progress | None, t0: float,
+           executor: Any, address: str | None) -> BuildReport:
     _write_assets(root)
     _write_marker(root, ex)
     report = BuildReport(root)
     report.seconds["setup"] = time.perf_counter() - t0
     salt = _salt(ex)
-    executor = make_executor(jobs, ex, _init_worker, (_worker_spec(ex), ex.layers, ex._units_spec, cfg,
-                                                      _cache_arg(ex), ex.name, ex.hash))
+    own = isinstance(executor, str)
+    if own:
+        executor = site_executor(ex, executor, jobs, address)
+    remote = bool(getattr(executor, "remote", False))
+    report.executor = executor_name(executor)
+    report.workers = worker_count(executor)
     try:
         # 1. weights: one job per explored layer
         t = time.perf_counter()
         wjobs = [_weights_job(ex, layer, salt) for layer in ex.layers]
-        _run(executor, wjobs, root, report, "weights", progress)
+        _run(executor, wjobs, root, report, "weights", progress, remote)
         report.seconds["weights"] = time.perf_counter() - t
         data = {layer: _load_data(root, layer) for layer in ex.layers}
 
         # 1b. cases panels (per-example gradients over the image set): one job per explored layer
         cases_docs: dict[str, dict] = {}
-        if cfg.cases:
+        if ex.config.cases:
             t = time.perf_counter()
             report.run.setdefault("cases", 0)
             report.skipped.setdefault("cases", 0)
-            _run(executor, [_cases_job(ex, layer, salt) for layer in ex.layers], root, report, "cases", progress)
+            _run(executor, [_cases_job(ex, layer, salt) for layer in ex.layers], root, report, "cases", progress,
+                 remote)
             report.seconds["cases"] = time.perf_counter() - t
             cases_docs = {layer: _load_cases(root, layer) for layer in ex.layers}
 
         # 2. renders: every FV a page shows, batched per layer; factor directions per (layer, source)
         t = time.perf_counter()
         pages_set = {(layer, u) for layer in ex.layers for u in ex.units[layer]}
-        rjobs = _render_jobs(ex, data, salt, cases_docs)
+        rjobs = [_with_vectors(j, data) for j in _render_jobs(ex, data, salt, cases_docs)]
         report.renders = sum(len(j.outputs) for j in rjobs)
-        _run(executor, rjobs, root, report, "render", progress)
+        _run(executor, rjobs, root, report, "render", progress, remote)
         report.seconds["render"] = time.perf_counter() - t
 
         # 3. dataset examples: one job per explored layer (all its units scored in one pass)
-        if cfg.examples > 0:
+        if ex.config.examples > 0:
             t = time.perf_counter()
             _run(executor, [_examples_job(ex, layer, salt) for layer in ex.layers], root, report, "examples",
-                 progress)
+                 progress, remote)
             report.seconds["examples"] = time.perf_counter() - t
 
-        # 4. pages
+        # 4. pages (cheap, and they read the layer data: on the driver when the workers are remote)
         t = time.perf_counter()
         link_key = hashlib.sha256(json.dumps(sorted(pages_set)).encode()).hexdigest()[:16]
         pjobs = [_page_job(ex, layer, data[layer], link_key, salt, cases_docs.get(layer)) for layer in ex.layers]
         pjobs.append(Job("page", {"page": "index", "layers": ex.layers,
                                   "units": {k: v for k, v in ex.units.items()}}, ("index.html",), salt))
-        _run(executor, pjobs, root, report, "page", progress)
+        _run(SerialExecutor(ex) if remote else executor, pjobs, root, report, "page", progress, False)
         report.seconds["page"] = time.perf_counter() - t
         report.pages = len(pages_set)
-    finally:
+    except BaseException:  # an error or Ctrl-C: do not wait for the jobs the workers are running
+        report.retried = int(getattr(executor, "retried", 0))
+        if own:
+            getattr(executor, "abort", executor.close)()
+        raise
+    report.retried = int(getattr(executor, "retried", 0))
+    if own:
         executor.close()
     return report
+
+
+def site_executor(ex: Explorer, kind: str = "local", jobs: int | None = None, address: str | None = None):
+    """The executor :func:`build_site` uses for ``ex`` (pass it as ``executor=`` to reuse or inspect it;
+    the caller closes it): workers build their own :class:`Explorer` from a copy of ``ex.model`` on the
+    model's device type (Ray actors ask for a GPU share when it is CUDA)."""
+    from .._device import model_device
+
+    dev = model_device(ex.model).type
+    init_args = (_worker_spec(ex), ex.layers, ex._units_spec, ex.config, _cache_arg(ex), ex.name, ex.hash, dev)
+    return make_executor(jobs, ex, _init_worker, init_args, kind=kind, address=address, device=dev)
 
 
 def plan_pages(ex: Explorer) -> dict[str, list[int]]:
@@ -158,34 +256,50 @@ def plan_pages(ex: Explorer) -> dict[str, list[int]]:
     return {layer: list(ex.units[layer]) for layer in ex.layers}
 
 
-def _run(executor, jobs: list[Job], root: Path, report: BuildReport, stage: str, progress: Progress | None):
-    todo = []
-    for j in jobs:
-        if is_done(root, j):
-            report.skipped[j.kind] += 1
-        else:
-            todo.append(j)
+def _run(executor, jobs: list[Job], root: Path, report: BuildReport, stage: str, progress: Progress | None,
+         remote: bool) -> None:
+    """Run a stage: remote workers return their files (:func:`produce_job`) and this process writes
+    them; local ones write them themselves (:func:`run_job`). Same function, same bytes."""
+    from .jobs import is_done
+
     total = len(jobs)
-    done = total - len(todo)
+    count = {"done": sum(is_done(root, j) for j in jobs)}
     if progress:
-        progress(stage, done, total)
-    for job, _ in executor.imap(run_job, [_with_root(j, root) for j in todo]):
-        mark_done(root, job)
+        progress(stage, count["done"], total)
+
+    def on_done(job: Job) -> None:
         report.run[job.kind] += 1
-        done += 1
+        count["done"] += 1
         if progress:
-            progress(stage, done, total)
+            progress(stage, count["done"], total)
+
+    fn = produce_job if remote else run_job
+    ran, skipped = execute(executor, fn, [_with_root(j, root) for j in jobs], root, write=remote, on_done=on_done)
+    report.skipped[stage] += skipped
 
 
 def _with_root(job: Job, root: Path) -> Job:
     return Job(job.kind, {**job.inputs, "_root": str(root.resolve())}, job.outputs, job.salt, key=job.key)
 
 
+def _with_vectors(job: Job, data: dict[str, dict]) -> Job:
+    """A factor render job carries its direction vectors (exactly as the layer data lists them) so it
+    runs without reading the site (the key is unchanged: it already hashes them)."""
+    if job.inputs.get("what") != "factors":
+        return job
+    units = data[job.inputs["layer"]]["units"]
+    vectors = []
+    for u, f in job.inputs["items"]:
+        s = next(s for s in units[str(u)]["sources"] if s["src"] == job.inputs["src"])
+        vectors.append(next(x for x in s["factors"] if x["index"] == f)["vector"])
+    return Job(job.kind, {**job.inputs, "_vectors": vectors}, job.outputs, job.salt, key=job.key)
+
+
 # ------------------------------------------------------------------------------------------ checks
 def check_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise WeightvizError(f"output {str(root)!r} exists and is not a directory; choose a directory for the site")
-    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file() and not (root / LOCK).is_file():
         raise WeightvizError(
             f"output directory {str(root)!r} is not empty and is not a weightviz site; choose a new or empty "
             "directory (an earlier site there is updated in place)"
@@ -224,25 +338,31 @@ def _salt(ex: Explorer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+_write_bytes = write_file
 
 
 # ----------------------------------------------------------------------------------- worker state
 def _worker_spec(ex: Explorer) -> nn.Module:
-    """The model workers use: the loaded module itself (pickled once per worker), never the spec string:
-    a spec with random init would give every process different weights."""
-    return ex.model
+    """The model workers use: the loaded module itself (pickled once per worker, as a CPU copy when it
+    lives on a GPU; each worker moves it to its own device), never the spec string: a spec with random
+    init would give every process different weights."""
+    from .._device import model_device
+
+    if model_device(ex.model).type == "cpu":
+        return ex.model
+    import copy
+
+    return copy.deepcopy(ex.model).to("cpu")
 
 
 def _cache_arg(ex: Explorer):
     return str(ex.render_cache.path) if ex.render_cache is not None else None
 
 
-def _init_worker(model, layers, units, config, cache, name, expected_hash) -> Explorer:
-    ex = Explorer(model, layers, units, config=config, render_cache=cache, name=name)
+def _init_worker(model, layers, units, config, cache, name, expected_hash, device="cpu") -> Explorer:
+    from .._device import to_device
+
+    ex = Explorer(to_device(model, device), layers, units, config=config, render_cache=cache, name=name)
     if ex.hash != expected_hash:
         raise WeightvizError(f"worker model hash {ex.hash} differs from {expected_hash}; use --jobs 1")
     return ex
@@ -348,32 +468,43 @@ def _load_cases(root: Path, layer: str) -> dict[str, Any]:
     return json.loads((root / _cases_path(layer)).read_text())
 
 
-def _run_cases(ex: Explorer, root: Path, inp: dict) -> int:
+def _produce_cases(ex: Explorer, inp: dict) -> dict[str, bytes]:
     layer = inp["layer"]
     doc = {"layer": layer, "units": {str(u): pages.cases_data(ex, layer, u) for u in inp["units"]}}
-    _write_bytes(root / _cases_path(layer), json.dumps(doc).encode())
-    return 1
+    return {_cases_path(layer): json.dumps(doc).encode()}
 
 
 # ------------------------------------------------------------------------------------- running jobs
-def run_job(ex: Explorer, job: Job) -> int:
-    """Run one job on an :class:`Explorer` (in any process); returns the number of files written."""
-    root = Path(job.inputs["_root"])
+def produce_job(ex: Explorer, job: Job) -> dict[str, bytes]:
+    """Compute a ``weights``, ``render``, ``examples`` or ``cases`` job on an :class:`Explorer` (in any process, on any machine:
+    it reads nothing from the site) and return its files, ``{path relative to the site root: bytes}``."""
     if job.kind == "weights":
-        return _run_weights(ex, root, job.inputs)
+        return _produce_weights(ex, job.inputs)
     if job.kind == "render":
-        return _run_render(ex, root, job.inputs)
+        return _produce_render(ex, job.inputs)
     if job.kind == "examples":
-        return _run_examples(ex, root, job.inputs)
+        return _produce_examples(ex, job.inputs)
     if job.kind == "cases":
-        return _run_cases(ex, root, job.inputs)
-    return _run_page(ex, root, job.inputs)
+        return _produce_cases(ex, job.inputs)
+    raise WeightvizError(f"{job.kind} jobs read the site and run where it is written")
 
 
-def _run_weights(ex: Explorer, root: Path, inp: dict) -> int:
+def run_job(ex: Explorer, job: Job) -> int:
+    """Run one job on an :class:`Explorer` in a process that can write the site (``job.inputs['_root']``);
+    returns the number of files written."""
+    root = Path(job.inputs["_root"])
+    if job.kind == "page":
+        return _run_page(ex, root, job.inputs)
+    files = produce_job(ex, job)
+    for rel, data in files.items():
+        _write_bytes(root / rel, data)
+    return len(files)
+
+
+def _produce_weights(ex: Explorer, inp: dict) -> dict[str, bytes]:
     layer = inp["layer"]
     sources = [Source(s, label, kind) for s, label, kind in inp["sources"]]
-    written = 0
+    files: dict[str, bytes] = {}
     units_data = {}
     for u in inp["units"]:
         d = pages.unit_data(ex, layer, u, sources)
@@ -382,58 +513,44 @@ def _run_weights(ex: Explorer, root: Path, inp: dict) -> int:
             src = s["src"]
             if s.get("error"):
                 continue
-            _write_bytes(root / P.nmf_path(layer, src, u), pages.nmf_png(ex, layer, src, u))
+            files[P.nmf_path(layer, src, u)] = pages.nmf_png(ex, layer, src, u)
             for c in s["items"]:
-                _write_bytes(root / P.heatmap_path(layer, src, u, c["unit"]),
-                             pages.heatmap_png(ex, layer, src, u, c["unit"]))
+                files[P.heatmap_path(layer, src, u, c["unit"])] = pages.heatmap_png(ex, layer, src, u, c["unit"])
             for f in s["factors"]:
-                _write_bytes(root / P.fmap_path(layer, src, u, f["index"]),
-                             pages.fmap_png(ex, layer, src, u, f["index"]))
-            written += 1 + len(s["items"]) + len(s["factors"])
+                files[P.fmap_path(layer, src, u, f["index"])] = pages.fmap_png(ex, layer, src, u, f["index"])
         if d["outputs"]:
             o = d["outputs"]
             for c in o["items"]:
-                _write_bytes(root / P.out_path(layer, o["layer"], u, c["unit"]),
-                             pages.out_png(ex, layer, o["layer"], u, c["unit"]))
-            written += len(o["items"])
+                files[P.out_path(layer, o["layer"], u, c["unit"])] = pages.out_png(ex, layer, o["layer"], u, c["unit"])
     doc = {"layer": layer, "units": units_data}
-    _write_bytes(root / _data_path(layer), json.dumps(doc).encode())
-    return written + 1
+    files[_data_path(layer)] = json.dumps(doc).encode()  # last: written after the images it lists
+    return files
 
 
-def _run_render(ex: Explorer, root: Path, inp: dict) -> int:
+def _produce_render(ex: Explorer, inp: dict) -> dict[str, bytes]:
     layer = inp["layer"]
     if inp["what"] == "units":
         images = ex.render_units(layer, inp["units"])
-        for u, img in zip(inp["units"], images):
-            _write_bytes(root / P.fv_path(layer, u), _png.fv_png(img))
-        return len(images)
+        return {P.fv_path(layer, u): _png.fv_png(img) for u, img in zip(inp["units"], images)}
     src = inp["src"]
-    data = _load_data(root, layer)["units"]  # the vectors exactly as the pages list their loadings
-    vectors = []
-    for u, f in inp["items"]:
-        s = next(s for s in data[str(u)]["sources"] if s["src"] == src)
-        vectors.append(torch.tensor(next(x for x in s["factors"] if x["index"] == f)["vector"]))
+    vectors = [torch.tensor(v) for v in inp["_vectors"]]  # attached by the driver from the layer data
     images = ex.render_directions(src, vectors)
-    for (u, f), img in zip(inp["items"], images):
-        _write_bytes(root / P.factor_path(layer, src, u, f), _png.fv_png(img))
-    return len(images)
+    return {P.factor_path(layer, src, u, f): _png.fv_png(img) for (u, f), img in zip(inp["items"], images)}
 
 
-def _run_examples(ex: Explorer, root: Path, inp: dict) -> int:
+def _produce_examples(ex: Explorer, inp: dict) -> dict[str, bytes]:
     layer = inp["layer"]
+    files: dict[str, bytes] = {}
     doc = {}
-    written = 0
     for u in inp["units"]:
         d = pages.examples_data(ex, layer, u)
         if d is None:
             continue
         for j in range(len(d.get("items", []))):
-            _write_bytes(root / P.example_path(layer, u, j), pages.example_png(ex, layer, u, j))
-            written += 1
+            files[P.example_path(layer, u, j)] = pages.example_png(ex, layer, u, j)
         doc[str(u)] = d
-    _write_bytes(root / _examples_path(layer), json.dumps(doc).encode())
-    return written + 1
+    files[_examples_path(layer)] = json.dumps(doc).encode()  # last: written after the crops it lists
+    return files
 
 
 def _run_page(ex: Explorer, root: Path, inp: dict) -> int:

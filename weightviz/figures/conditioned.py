@@ -17,7 +17,7 @@ from ._core import Figure, shared_scale
 from ._fv import FVBatch, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
 
-__all__ = ["cases", "data_weights"]
+__all__ = ["cases", "cases_figure", "data_weights", "data_weights_figure"]
 
 
 def _sign(x: float) -> tuple[str, str]:
@@ -48,10 +48,10 @@ def _src_name(src: str | None) -> str:
 
 @register_figure("cases")
 def cases(
-    model: Any,
-    src: str | None = None,
-    dst: str | None = None,
-    unit: int | None = None,
+    model: nn.Module | str | None,
+    src: str | None,
+    dst: str,
+    unit: int,
     images: Any = None,
     n_cases: int = 2,
     *,
@@ -67,36 +67,52 @@ def cases(
     progress: bool = True,
     fv: bool = True,
 ) -> Figure:
-    """The cases of the connection ``src -> dst[unit]`` over an image set (:func:`weightviz.cases`).
-
-    One row per case: the images that load most on it (crops of what the unit's chosen position reads),
-    then its ``k`` strongest input channels, each as the FV of the ``src`` channel, the case's gradient
-    pattern ``[K, K]`` and, below it, the expanded weight of the same channel, all heatmaps on ONE shared
-    abs-max scale (so a case that the expanded weight cancels shows up as strong above pale). ``model``
-    may also be a :class:`weightviz.Cases` already computed (then the other data arguments are ignored).
-    ``images``: an image set, a folder or a prepared tensor (default: the embedded images).
-
-    ``.data``: ``cases`` (per case: ``inputs``, ``signs``, ``examples``, ``share``), ``explained``,
-    ``norm_ratio`` (mean per-example gradient norm / expanded-weight norm), ``vmax``.
+    """The cases of the connection ``src -> dst[unit]`` over an image set (:func:`weightviz.cases`),
+    drawn by :func:`cases_figure`. ``images``: an image set, a folder or a prepared tensor (default: the
+    embedded images).
 
     >>> cases("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5, n_cases=2).save("cases.png")  # doctest: +SKIP
     """
-    from ..conditioned import Cases
     from ..conditioned import cases as compute
 
     k = _check_pos_int(k, "k")
     n_examples = _check_pos_int(n_examples, "n_examples")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
-    if isinstance(model, Cases):
-        res = model
-    else:
-        from ..models import resolve
+    fv_options(size, steps, seed, cache, progress, fv)   # bad FV options fail before the data pass
+    res = compute(model, src, dst, unit, images, n_cases, position=position, k=k, n_examples=n_examples,
+                  seed=nmf_seed, batch_size=batch_size, progress=progress)
+    return cases_figure(res, k=k, n_examples=n_examples, size=size, steps=steps, seed=seed, cache=cache,
+                        progress=progress, fv=fv)
 
-        if dst is None or unit is None:
-            raise WeightvizError("the cases figure needs src, dst and unit (or a Cases result)")
-        m = resolve(model)
-        res = compute(m, src, dst, unit, images, n_cases, position=position, k=k, n_examples=n_examples,
-                      seed=nmf_seed, batch_size=batch_size, progress=progress)
+
+def cases_figure(
+    res: Any,
+    *,
+    k: int = 6,
+    n_examples: int = 4,
+    size: int = 96,
+    steps: int | None = None,
+    seed: int = 0,
+    cache: Any = True,
+    progress: bool = True,
+    fv: bool = True,
+) -> Figure:
+    """Draw a :class:`weightviz.Cases` (``Cases.figure()`` calls this).
+
+    One row per case: the images that load most on it (crops of what the unit's chosen position reads),
+    then its ``k`` strongest input channels, each as the FV of the ``src`` channel, the case's gradient
+    pattern ``[K, K]`` and, below it, the expanded weight of the same channel, all heatmaps on ONE shared
+    abs-max scale (so a case that the expanded weight cancels shows up as strong above pale).
+
+    ``.data``: ``cases`` (per case: ``inputs``, ``signs``, ``examples``, ``share``), ``explained``,
+    ``norm_ratio`` (mean per-example gradient norm / expanded-weight norm), ``vmax``.
+    """
+    from ..conditioned import Cases
+
+    if not isinstance(res, Cases):
+        raise WeightvizError(f"cases_figure draws a weightviz.Cases result, got {type(res).__name__}")
+    k = _check_pos_int(k, "k")
+    n_examples = _check_pos_int(n_examples, "n_examples")
+    opts = fv_options(size, steps, seed, cache, progress, fv)
     d = res.data
     m: nn.Module = d.model
     src, dst, unit = d.src, d.dst, d.unit
@@ -168,15 +184,24 @@ def cases(
         "explained": float(res.explained), "norm_ratio": ratio, "vmax": vmax, "n_images": n_img,
         "n_firing": n_fire, "fv": opts.enabled, "units": [unit],
     }
-    return cv.figure(data, title=title)
+    return _marked(cv.figure(data, title=title), m)
+
+
+def _marked(fig: Figure, model: nn.Module) -> Figure:
+    """The "random init" footer of registered figures, for figures drawn from a result."""
+    from ..models import is_random_init
+
+    if is_random_init(model):
+        fig.mark_random_init()
+    return fig
 
 
 @register_figure("data-weights")
 def data_weights(
-    model: Any,
-    src: str | None = None,
-    dst: str | None = None,
-    unit: int | None = None,
+    model: nn.Module | str | None,
+    src: str | None,
+    dst: str,
+    unit: int,
     images: Any = None,
     *,
     n_examples: int = 6,
@@ -191,29 +216,43 @@ def data_weights(
     progress: bool = True,
     fv: bool = True,
 ) -> Figure:
-    """Per-example connections (:func:`weightviz.data_weights`): the ``n_examples`` images on which the unit
-    is most active, one row each (the crop it reads, then its gradient for the ``k`` inputs strongest on
-    average over those rows), with the expanded weight of the same inputs as the last row, all on one
-    shared scale; FVs of the inputs on top. ``model`` may also be a :class:`weightviz.DataWeights`.
+    """Per-example connections (:func:`weightviz.data_weights`) drawn by :func:`data_weights_figure`.
 
     >>> data_weights("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5).save("dw.png")  # doctest: +SKIP
     """
-    from ..conditioned import DataWeights
     from ..conditioned import data_weights as compute
+
+    fv_options(size, steps, seed, cache, progress, fv)
+    d = compute(model, src, dst, unit, images, position=position, attribution=attribution, batch_size=batch_size,
+                progress=progress)
+    return data_weights_figure(d, n_examples=n_examples, k=k, size=size, steps=steps, seed=seed, cache=cache,
+                               progress=progress, fv=fv)
+
+
+def data_weights_figure(
+    d: Any,
+    *,
+    n_examples: int = 6,
+    k: int = 6,
+    size: int = 96,
+    steps: int | None = None,
+    seed: int = 0,
+    cache: Any = True,
+    progress: bool = True,
+    fv: bool = True,
+) -> Figure:
+    """Draw a :class:`weightviz.DataWeights` (``DataWeights.figure()`` calls this): the ``n_examples``
+    images on which the unit is most active, one row each (the crop it reads, then its gradient for the
+    ``k`` inputs strongest on average over those rows), with the expanded weight of the same inputs as the
+    last row, all on one shared scale; FVs of the inputs on top."""
+    from ..conditioned import DataWeights
     from ..expand import expanded_weights
 
+    if not isinstance(d, DataWeights):
+        raise WeightvizError(f"data_weights_figure draws a weightviz.DataWeights result, got {type(d).__name__}")
     n_examples = _check_pos_int(n_examples, "n_examples")
     k = _check_pos_int(k, "k")
     opts = fv_options(size, steps, seed, cache, progress, fv)
-    if isinstance(model, DataWeights):
-        d = model
-    else:
-        from ..models import resolve
-
-        if dst is None or unit is None:
-            raise WeightvizError("the data-weights figure needs src, dst and unit (or a DataWeights result)")
-        d = compute(resolve(model), src, dst, unit, images, position=position, attribution=attribution,
-                    batch_size=batch_size, progress=progress)
     m, src, dst, unit = d.model, d.src, d.dst, d.unit
     G = d.weights.detach().float().cpu()
     order = d.activations.argsort(descending=True, stable=True)[: min(n_examples, G.shape[0])].tolist()
@@ -251,4 +290,4 @@ def data_weights(
     title = f"per-example {what}: {_src_name(src)} \u2192 {dst} unit {unit}"
     data = {"figure": "data-weights", "src": src, "dst": dst, "unit": unit, "examples": order, "inputs": chans,
             "vmax": vmax, "attribution": d.attribution, "fv": opts.enabled, "units": [unit]}
-    return cv.figure(data, title=title)
+    return _marked(cv.figure(data, title=title), m)
