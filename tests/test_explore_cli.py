@@ -240,7 +240,7 @@ def test_two_explore_builds_of_one_site_run_one_after_the_other(tmp_path):
                 p.kill()
                 p.communicate()
     assert [p.returncode for p in procs] == [0, 0], errs
-    runs = sorted("jobs run: 0 weights, 0 render, 0 page" in out for out in outs)
+    runs = sorted("jobs run: 0 weights, 0 render, 0 examples, 0 page" in out for out in outs)
     assert runs == [False, True], outs  # exactly one of them did the work
     assert (site / "index.html").is_file()
 
