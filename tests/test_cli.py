@@ -156,6 +156,7 @@ def test_every_count_option_of_every_command_has_a_lower_bound():
 @pytest.mark.parametrize("args, message", [
     (["render", M, L, "0:5:0", "-o", "{png}"], "step must not be 0"),
     (["render", M, L, "::0", "-o", "{png}"], "step must not be 0"),
+    (["render", M, L, "0:4", "-o", "{dir}"], "is a directory"),  # d.png: a bulk render needs a suffix-free name
     (["render", M, L, "0:4", "-o", "{jpg}"], "must end in one of .png, .svg"),
     (["render", M, L, "0:4", "-o", "{missing}"], "does not exist"),
     (["figure", "top-inputs", M, L, "5", "-o", "{dir}"], "is a directory"),
