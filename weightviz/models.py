@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._io import load_state_dict
+from ._tokens import layout as _layout
 from .errors import WeightvizError, suggest
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LayerInfo",
     "LayerTable",
     "check_finite",
+    "fixed_input_size",
     "get_module",
     "input_spec",
     "layers",
@@ -218,6 +220,28 @@ def input_spec(model: nn.Module) -> InputSpec:
     return InputSpec(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
 
 
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The input side a model requires, or ``None`` if it takes any size.
+
+    A timm patch embedding that enforces its size (``strict_img_size`` and not ``dynamic_img_size``: ViT,
+    Swin, ...) fixes it to its ``img_size`` (the model's ``pretrained_cfg["input_size"]`` if they differ
+    only in form); a model may also carry ``weightviz_fixed_input_size``.
+    """
+    own = getattr(model, "weightviz_fixed_input_size", None)
+    if isinstance(own, int):
+        return own
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    for m in model.modules():
+        if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False):
+            size = getattr(m, "img_size", None)
+            if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+                return int(size[0])
+            if isinstance(size, int):
+                return size
+    return None
+
+
 def preprocess(image, model: nn.Module) -> torch.Tensor:
     """Standard evaluation preprocessing of one image for ``model``.
 
@@ -378,7 +402,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
                     name=name,
                     type=type(m).__name__,
                     weight_shape=None,
-                    out_channels=out[0] if out else getattr(m, "num_features", None),
+                    out_channels=_layout(out).channels if out else getattr(m, "num_features", None),
                     out_shape=out,
                     kind="norm" if isinstance(m, _NORM_TYPES) else "block",
                 )
@@ -390,7 +414,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
 
 def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str, tuple[int, ...]]:
     spec = input_spec(model)
-    size = input_size or spec.size
+    size = input_size or fixed_input_size(model) or spec.size
     try:
         p = next(model.parameters())
         device, dtype = p.device, p.dtype
