@@ -309,7 +309,7 @@ def measure(model: nn.Module, images: Any = None, size: int | None = None) -> Fr
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), _fast_norms(model):
+        with torch.no_grad(), fast_norms(model):
             for x in batches:
                 rec.batch = x.shape[0]
                 with rec:
@@ -332,7 +332,7 @@ def measure(model: nn.Module, images: Any = None, size: int | None = None) -> Fr
 
 
 @contextlib.contextmanager
-def _fast_norms(model: nn.Module) -> Iterator[None]:
+def fast_norms(model: nn.Module) -> Iterator[None]:
     """timm's ``RmsNorm`` computes ``x * rsqrt(mean(x^2))`` by hand unless its ``_fast_norm`` flag is on
     (then it calls ``F.rms_norm``, the same function): switch the flag on inside, restore it after."""
     changed = []

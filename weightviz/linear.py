@@ -662,7 +662,7 @@ def linearized(
     try:
         if any(flag for _, flag in flags):  # (setting flags on every module costs ~2 ms on lite0)
             model.eval()
-        with mode:
+        with _norms.fast_norms(model), mode:
             yield mode
     except _norms.NeedStats as e:
         if outer:
