@@ -215,3 +215,16 @@ def test_render_token_models_at_their_fixed_input_size(arch, layer):
         h.remove()
     assert r.images.shape == (1, 3, 48, 48) and torch.isfinite(r.values).all()
     assert set(seen) == {(224, 224)}         # the 48-px image upsampled to the model's input size
+
+
+def test_token_weights_figure_on_the_patch_grid(vit, images32, tmp_path):
+    fig = wv.figures.token_weights(vit, "blocks.0", "blocks.1", 5, k=4, token=0, images=images32, fv=False)
+    E = wv.expanded_weights(vit, "blocks.0", "blocks.1", units=[5], token=0, images=images32)[0]   # [C, N]
+    order = torch.argsort(E.norm(dim=1), descending=True).tolist()[:4]
+    assert fig.data["inputs"] == order and fig.data["grid"] == [4, 4] and fig.data["prefix"] == 1
+    assert fig.data["vmax"] == pytest.approx(float(E[order, 1:].abs().max()), rel=1e-6)
+    assert "token-weights" in wv.figures.FIGURES
+    out = fig.save(tmp_path / "tokens.png")
+    assert out.stat().st_size > 1000
+    with pytest.raises(WeightvizError, match="not token layers"):
+        wv.figures.token_weights(wv.load_model("lite0"), "blocks.2.0", "blocks.3.0", 1, fv=False)
