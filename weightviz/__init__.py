@@ -53,6 +53,10 @@ _EXPORTS: dict[str, str] = {
     "render": "optvis.render",
     "RenderResult": "optvis.render",
     "RenderCache": "optvis.cache",
+    # image sets
+    "images": "imageset",
+    "ImageSet": "imageset",
+    "as_images": "imageset",
     # analysis
     "banding_score": "metrics",
     "banding_test": "metrics",
