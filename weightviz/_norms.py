@@ -45,7 +45,7 @@ __all__ = ["FrozenStats", "NeedStats", "active", "measure", "resolve", "using"]
 KINDS = {"layer_norm": "norm", "group_norm": "norm", "rms_norm": "norm",
          "softmax": "attn", "scaled_dot_product_attention": "attn"}
 #: images used for the frozen statistics when the caller gives none (first n of the embedded set)
-DEFAULT_IMAGES = 64
+DEFAULT_IMAGES = 32
 _CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple, FrozenStats] = OrderedDict()
 _ACTIVE: contextvars.ContextVar[FrozenStats | None] = contextvars.ContextVar("weightviz_frozen_stats",
@@ -192,13 +192,14 @@ def norm_args(name: str, args: tuple, kwargs: dict) -> dict[str, Any]:
 
 def norm_statistic(x: torch.Tensor, p: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position (or per-group) std the norm divides by, and the mean it subtracts (flattened)."""
-    x = x.detach().double()
+    x = x.detach()
     if p["groups"] is not None:
-        g = x.reshape(x.shape[0], p["groups"], -1)
-        return torch.sqrt(g.var(-1, unbiased=False) + p["eps"]).flatten(), g.mean(-1).flatten()
+        var, mean = torch.var_mean(x.reshape(x.shape[0], p["groups"], -1), -1, correction=0)
+        return torch.sqrt(var + p["eps"]).flatten(), mean.flatten()
     dims = p["dims"]
     if p["center"]:
-        return torch.sqrt(x.var(dims, unbiased=False) + p["eps"]).flatten(), x.mean(dims).flatten()
+        var, mean = torch.var_mean(x, dims, correction=0)
+        return torch.sqrt(var + p["eps"]).flatten(), mean.flatten()
     return torch.sqrt(x.pow(2).mean(dims) + p["eps"]).flatten(), x.new_zeros(1)
 
 
@@ -245,8 +246,8 @@ class _Recorder(TorchFunctionMode):
             p = norm_args(name, args, kwargs)
             std, mean = norm_statistic(args[0] if args else kwargs["input"], p)
             acc = self.sums.setdefault(call, [0.0, 0.0, 0])
-            acc[0] += float(std.sum())
-            acc[1] += float(mean.sum()) if mean.numel() == std.numel() else 0.0
+            acc[0] += float(std.double().sum())
+            acc[1] += float(mean.double().sum()) if mean.numel() == std.numel() else 0.0
             acc[2] += std.numel()
         else:
             if name == "softmax":
@@ -257,39 +258,35 @@ class _Recorder(TorchFunctionMode):
                 get.update(kwargs)
                 probs = attention_probs(q, k, get.get("attn_mask"), bool(get.get("is_causal", False)),
                                         get.get("scale"), bool(get.get("enable_gqa", False)))
-            per = probs.detach().double()
+            per = probs.detach()
             b = self.batch if per.dim() >= 1 and per.shape[0] % self.batch == 0 else 1
-            per = per.reshape(b, -1, *per.shape[1:]).sum(0) if per.dim() >= 1 else per[None]
+            per = per.reshape(b, -1, *per.shape[1:]).sum(0).double() if per.dim() >= 1 else per[None].double()
             acc = self.probs.setdefault(call, [0, 0])
             acc[0] = per if isinstance(acc[0], int) else acc[0] + per
             acc[1] += b
         return out
 
 
-def _batches(images: Any, model: nn.Module, size: int | None) -> tuple[list[torch.Tensor], str]:
-    """The images as model-ready batches ``[B, C, H, W]`` and a key identifying them."""
-    if isinstance(images, torch.Tensor):
-        x = images
-        if x.dim() != 4 or not x.is_floating_point():
-            raise WeightvizError(f"images must be a float tensor [N, C, H, W] prepared for the model, got "
-                                 f"{x.dtype} {list(x.shape)}")
-    else:
-        from .imageset import as_images  # the shared image set (weightviz.images)
-        from .imageset import images as embedded
+def _images_tensor(images: Any, model: nn.Module, size: int | None) -> torch.Tensor:
+    """The images as one model-ready tensor ``[N, C, size, size]`` (the shared image set's rules:
+    :func:`weightviz.imageset.as_images`; a prepared tensor of another size is resized bilinearly)."""
+    from .imageset import as_images
+    from .imageset import images as embedded
 
-        kwargs = {} if size is None else {"size": size}
-        iset = embedded(model=model, n=DEFAULT_IMAGES, **kwargs) if images is None else \
-            as_images(images, model, **kwargs)
-        x = iset.tensor()
-    if not torch.isfinite(x).all():
-        raise WeightvizError("images hold NaN or Inf values; give finite images")
+    iset = embedded(model=model, n=DEFAULT_IMAGES, size=size) if images is None else \
+        as_images(images, model, size=size)
+    x = iset.tensor()
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     p = next(iter(model.parameters()), None)
-    if p is not None:
-        x = x.to(device=p.device, dtype=p.dtype)
+    return x.to(device=p.device, dtype=p.dtype) if p is not None else x
+
+
+def _images_key(images: Any, x: torch.Tensor | None) -> str:
+    if images is None:
+        return "embedded"
     digest = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return list(x.split(16)), f"{digest}:{tuple(x.shape)}"
+    return f"{digest}:{tuple(x.shape)}"
 
 
 def measure(model: nn.Module, images: Any = None, size: int | None = None) -> FrozenStats:
@@ -298,12 +295,15 @@ def measure(model: nn.Module, images: Any = None, size: int | None = None) -> Fr
     side ``size`` (default: the images' own). Cached in memory per model hash and image set."""
     from .models import model_hash
 
-    batches, key = _batches(images, model, size)
-    ck = (model_hash(model), key)
+    x = None if images is None else _images_tensor(images, model, size)
+    ck = (model_hash(model), _images_key(images, x), size)
     hit = _CACHE.get(ck)
     if hit is not None:
         _CACHE.move_to_end(ck)
         return hit
+    if x is None:      # the embedded set: loaded only when not cached
+        x = _images_tensor(None, model, size)
+    batches = list(x.split(16))
     names = CallNames(model).attach()
     rec = _Recorder(names)
     flags = [(m, m.training) for m in model.modules()]

@@ -696,7 +696,7 @@ def expanded_weights(
     input side (the field may then be truncated: ``Expanded.field.truncated``).
 
     Norm layers (layer/group/RMS norm) and attention are frozen at statistics measured on ``images``
-    (a tensor ``[N, C, H, W]`` prepared for the model, an ImageSet or a folder; default the first 64
+    (a tensor ``[N, C, H, W]`` prepared for the model, an ImageSet or a folder; default the first 32
     embedded images), see :mod:`weightviz.linear`: ``norm_scale="data"`` divides by the mean per-position
     std of each norm call, ``"unit"`` by 1, a dict ``{norm call: scale}`` by your own.
 

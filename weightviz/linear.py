@@ -44,7 +44,7 @@ softmax, scaled_dot_product_attention (attention)       the frozen pattern: the 
 ======================================================  =========================================
 
 Frozen statistics (:mod:`weightviz._norms`, stand-ins in :mod:`weightviz._frozen`) are measured by one
-pass of the real model over an image set (default: the first 64 embedded images), cached per model hash
+pass of the real model over an image set (default: the first 32 embedded images), cached per model hash
 and image set; calls are named by the module that runs them (``blocks.0.norm1``, ``blocks.0.attn``).
 
 Linear ops (conv, linear, avg-pool, pad, interpolate, reshapes, slicing, add/sub/cat/stack, products
