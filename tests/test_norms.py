@@ -288,6 +288,26 @@ def test_rms_norm_tokens_divide_by_the_mean_rms():
     torch.testing.assert_close(E, J.transpose(1, 2), rtol=1e-4, atol=1e-6)
 
 
+def test_timm_rms_norm_module_is_linearized_like_torch_rms_norm():
+    """timm's RmsNorm computes x * rsqrt(mean(x^2)) by hand unless its fast-norm flag is on (then F.rms_norm):
+    weightviz switches the flag on inside its contexts, so it gives the map of nn.RMSNorm."""
+    from timm.layers import RmsNorm
+
+    torch.manual_seed(0)
+    model = RMSTokens().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 2)
+    other = copy.deepcopy(model)
+    other.norm = RmsNorm(16, eps=1e-6)
+    other.norm.weight.data.copy_(model.norm.weight)
+    assert other.norm._fast_norm is False
+    imgs = natural_images(8, 16)
+    E = wv.expanded_weights(model, "fc1", "fc2", units=[1], images=imgs, input_size=16)
+    E2 = wv.expanded_weights(other, "fc1", "fc2", units=[1], images=imgs, input_size=16)
+    torch.testing.assert_close(E2, E, rtol=1e-5, atol=1e-7)
+    assert other.norm._fast_norm is False        # restored
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_bad_norm_scale_is_one_line_error(convnext, photos):
     with pytest.raises(WeightvizError, match="norm_scale must be"):

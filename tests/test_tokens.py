@@ -224,6 +224,7 @@ def test_token_weights_figure_on_the_patch_grid(vit, images32, tmp_path):
     assert fig.data["inputs"] == order and fig.data["grid"] == [4, 4] and fig.data["prefix"] == 1
     assert fig.data["vmax"] == pytest.approx(float(E[order, 1:].abs().max()), rel=1e-6)
     assert "token-weights" in wv.figures.FIGURES
+    assert [c.channel for c in wv.rank_connections(E, 4)] == order      # token maps [C, N] rank the same way
     out = fig.save(tmp_path / "tokens.png")
     assert out.stat().st_size > 1000
     with pytest.raises(WeightvizError, match="not token layers"):

@@ -49,7 +49,8 @@ class FrozenOps:
         if name == "softmax":
             if not self.is_tracked(x):
                 raise self._fail(func, "a softmax whose other arguments depend on it is not linear")
-            return self._pattern(call, x)
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self._pattern(call, x, channels=isinstance(dim, int) and dim in (1, 1 - x.dim()))
         if name == "scaled_dot_product_attention":
             return self._attention(func, call, args, kwargs)
         if not self.is_tracked(x):
@@ -82,12 +83,17 @@ class FrozenOps:
                 self.tape.add("unsupported", [self.node_of(x)], self.node_of(y), op=name)
         return y
 
-    def _pattern(self, call: str, x: torch.Tensor) -> torch.Tensor:
-        """The frozen probabilities of a softmax over ``x`` (tracked or pending logits); untracked."""
+    def _pattern(self, call: str, x: torch.Tensor, channels: bool = False) -> torch.Tensor:
+        """The frozen probabilities of a softmax over ``x`` (tracked or pending logits); untracked.
+        ``channels``: a softmax over dim 1 (the channels of a conv map)."""
         dtype = self.const_dtype or x.dtype
         if self.structural and (self.stats is None or not self.stats.patterns):
             return torch.ones(x.shape, dtype=dtype, device=x.device)
         pat = self._stats().pattern(call)
+        if channels and pat.numel() != x.numel() and pat.dim() == x.dim() >= 3 and pat.shape[:2] == x.shape[:2]:
+            # a softmax over the channels of a conv map measured at another input size (the receptive-field
+            # search probes several): its mean over the positions, the same at every position
+            pat = pat.mean(tuple(range(2, pat.dim())), keepdim=True).expand(x.shape)
         if pat.numel() != x.numel():
             size = f" at input size {self.stats.size}" if self.stats is not None and self.stats.size else ""
             raise WeightvizError(

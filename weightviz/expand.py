@@ -932,7 +932,8 @@ def top_inputs(
 
 
 def rank_connections(w: torch.Tensor, k: int | None = None) -> list[Connection]:
-    """Rank the slices of one unit's (direct or expanded) weights ``w`` ``[C_in, kh, kw]`` by L2 norm,
+    """Rank the slices of one unit's (direct or expanded) weights ``w`` ``[C_in, kh, kw]`` (or token
+    maps ``[C_in, N]`` between token layers) by L2 norm,
     descending, as :class:`Connection` (the ranking of :func:`top_inputs`, for weights already computed,
     e.g. one row of a batched :func:`expanded_weights` call). ``k``: keep the first k (default all).
 
@@ -941,8 +942,9 @@ def rank_connections(w: torch.Tensor, k: int | None = None) -> list[Connection]:
     >>> [(c.channel, c.sign) for c in wv.rank_connections(w, 2)]
     [(1, -1), (2, 1)]
     """
-    if not isinstance(w, torch.Tensor) or w.dim() != 3:
-        raise WeightvizError(f"rank_connections needs one unit's weights [C_in, kh, kw], got "
+    if not isinstance(w, torch.Tensor) or w.dim() not in (2, 3):
+        raise WeightvizError(f"rank_connections needs one unit's weights [C_in, kh, kw] (or a token map "
+                             f"[C_in, N]), got "
                              f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise WeightvizError(f"k must be a positive int, got {k!r}")
