@@ -229,3 +229,18 @@ def test_token_weights_figure_on_the_patch_grid(vit, images32, tmp_path):
     assert out.stat().st_size > 1000
     with pytest.raises(WeightvizError, match="not token layers"):
         wv.figures.token_weights(wv.load_model("lite0"), "blocks.2.0", "blocks.3.0", 1, fv=False)
+
+
+def test_linearized_vit_is_affine(vit, images32):
+    """Inside ``linearized`` (frozen norms and attention) the whole ViT is an affine map of its input."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(1, 3, 32, 32, generator=g), torch.randn(1, 3, 32, 32, generator=g)
+    with torch.no_grad(), wv.linearized(vit, images=images32):
+        f0 = vit(torch.zeros(1, 3, 32, 32))
+        fa, fb, fab = vit(a) - f0, vit(b) - f0, vit(2 * a - 3 * b) - f0
+    torch.testing.assert_close(fab, 2 * fa - 3 * fb, rtol=1e-4, atol=1e-5 * float(fab.abs().max()))
+    with torch.no_grad():                      # the real network is not
+        g0 = vit(torch.zeros(1, 3, 32, 32))
+        ga, gb, gab = vit(a) - g0, vit(b) - g0, vit(2 * a - 3 * b) - g0
+    assert not torch.allclose(gab, 2 * ga - 3 * gb, rtol=1e-3, atol=1e-3)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in vit.modules())
