@@ -244,3 +244,23 @@ def test_linearized_vit_is_affine(vit, images32):
         ga, gb, gab = vit(a) - g0, vit(b) - g0, vit(2 * a - 3 * b) - g0
     assert not torch.allclose(gab, 2 * ga - 3 * gb, rtol=1e-3, atol=1e-3)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in vit.modules())
+
+
+def test_cli_expand_between_token_layers(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from weightviz.cli import main
+
+    out = tmp_path / "e.safetensors"
+    torch.manual_seed(0)
+    assert main(["expand", "timm:vit_tiny_patch16_224", "blocks.3", "blocks.4", "--unit", "7,9", "--token", "0",
+                 "--save", str(out), "-o", str(tmp_path / "e.png")]) == 0
+    text = capsys.readouterr().out
+    assert "14x14 patch grid" in text and "[units, C_src, N_tokens]" in text
+    torch.manual_seed(0)
+    m = wv.load_model("timm:vit_tiny_patch16_224")                 # the same weights: statistics are cached
+    E = wv.expanded_weights(m, "blocks.3", "blocks.4", units=[7, 9], token=0)
+    saved = load_file(str(out))
+    assert saved["expanded_weights"].shape == (2, 192, 197)
+    torch.testing.assert_close(saved["expanded_weights"], E, rtol=1e-5, atol=1e-7)
+    assert (tmp_path / "e.png").stat().st_size > 1000
