@@ -37,7 +37,7 @@ def expand_cmd(
 
     Example: weightviz expand efficientnet_lite0 blocks.2.0 blocks.3.0 --unit 4 --top 12 -o expand.png
     """
-    from .. import _tokens
+    from .. import _norms, _tokens
     from ..errors import WeightvizError
     from ..expand import expanded_weights, receptive_field
     from ..figures import heatmap_grid
@@ -52,8 +52,9 @@ def expand_cmd(
     m = load(model)
     get_module(m, src)
     get_module(m, dst)
-    table = layers(m, input_size or fixed_input_size(m))
-    shapes = {n: table[n].out_shape if n in table else None for n in (src, dst)}
+    # token layers occur in models with norm / attention modules (others skip the shape probe)
+    table = layers(m, input_size or fixed_input_size(m)) if _norms.needs_stats(m) else None
+    shapes = {n: table[n].out_shape if table and n in table else None for n in (src, dst)}
     tokens = any(sh is not None and _tokens.layout(sh).is_token for sh in shapes.values())
     if tokens:
         rf, n_dst = None, _tokens.layout(shapes[dst]).channels
