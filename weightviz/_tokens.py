@@ -9,6 +9,8 @@ Layouts of one item's output shape (the batch axis removed), all for square inpu
   followed by an ``h x w`` patch grid; ``P`` is what remains above the largest square (197 = 1 + 14*14);
 - ``(C,)``: ``"flat"``.
 
+A 3-D output is always read as tokens, so a ``Conv1d``'s ``[B, C, L]`` is not a supported objective layer.
+
 Objectives read channels from these layouts (channel: mean over the *patch* tokens, the class token
 excluded; neuron: a patch position, or one token by its index, ``token=0`` = the class token).
 """
