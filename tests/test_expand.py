@@ -284,8 +284,9 @@ def test_no_route_and_unlinearizable_op_between(googlenet):
         def forward(self, x):
             return self.b(torch.softmax(self.a(x), dim=1))
 
-    with pytest.raises(WeightvizError, match="torch.softmax"):
-        wv.expanded_weights(Soft().eval(), "a", "b")
+    # a softmax is frozen at its mean over the images (like a sigmoid gate): no route is left through it
+    with pytest.raises(WeightvizError, match="does not depend"):
+        wv.expanded_weights(Soft().eval(), "a", "b", images=torch.randn(4, 3, 16, 16))
 
 
 def test_custom_autograd_function_is_refused():

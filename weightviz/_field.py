@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import _compose, _cone, _geometry, _trace
+from . import _compose, _cone, _geometry, _norms, _trace
 from ._trace import _grad_capable
 from .errors import WeightvizError
 from .linear import DEFAULT_GATE
@@ -204,7 +204,10 @@ def receptive_field(
     _check_layers(model, src, dst)
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
-    return _field(model, src, dst, input_size, target)
+    # the field depends on no value: norms divide by 1 unless statistics are active (this covers the
+    # geometry trace and the tape probes of the search too)
+    with _norms.using(_norms.active() or _norms.FrozenStats(mode="unit", measured=True)):
+        return _field(model, src, dst, input_size, target)
 
 
 def _field(model, src, dst, input_size, target=None, keep: list | None = None) -> ReceptiveField:
