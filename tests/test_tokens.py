@@ -264,3 +264,39 @@ def test_cli_expand_between_token_layers(tmp_path, capsys):
     assert saved["expanded_weights"].shape == (2, 192, 197)
     torch.testing.assert_close(saved["expanded_weights"], E, rtol=1e-5, atol=1e-7)
     assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+class _AttnMap(nn.Module):
+    """conv -> self-attention over the positions of the map -> conv (a conv map in and out)."""
+
+    weightviz_fixed_input_size = 16
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        b, c, hh, ww = h.shape
+        t = h.flatten(2).transpose(1, 2)                                   # [B, N, C]
+        a = torch.nn.functional.scaled_dot_product_attention(t, t, t)      # [B, N, C]
+        return self.conv2(a.transpose(1, 2).reshape(b, c, hh, ww))
+
+
+def test_receptive_field_through_attention_needs_no_statistics(monkeypatch):
+    """The field depends on no value: attention without measured patterns reaches every token (the whole
+    src map, hence truncated at the fixed size), and no statistics are measured for it."""
+    def no_measure(*_a, **_k):
+        raise AssertionError("receptive_field measured statistics")
+
+    monkeypatch.setattr(_norms, "measure", no_measure)
+    torch.manual_seed(0)
+    rf = wv.receptive_field(_AttnMap().eval(), "conv2", "conv1")
+    assert rf.input_size == 16 and rf.size == (16, 16) and rf.start == (0, 0) and rf.truncated
+
+
+def test_receptive_field_between_token_layers_is_one_line(vit):
+    with pytest.raises(WeightvizError, match=r"must output \[B, C, H, W\] or \[B, C\], got \[1, 17, 32\]") as e:
+        wv.receptive_field(vit, "blocks.1", "blocks.0")
+    assert "\n" not in str(e.value)

@@ -204,9 +204,9 @@ def receptive_field(
     _check_layers(model, src, dst)
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
-    # the field depends on no value: norms divide by 1 unless statistics are active (this covers the
-    # geometry trace and the tape probes of the search too)
-    with _norms.using(_norms.active() or _norms.FrozenStats(mode="unit", measured=True)):
+    # the field depends on no value: norms divide by 1 and attention patterns are all ones unless statistics
+    # are active (also for the geometry trace and the tape probes of the search)
+    with _norms.using(_norms.active() or _norms.FrozenStats(mode="unit", measured=True, reach=True)):
         return _field(model, src, dst, input_size, target)
 
 

@@ -87,7 +87,9 @@ class FrozenOps:
         """The frozen probabilities of a softmax over ``x`` (tracked or pending logits); untracked.
         ``channels``: a softmax over dim 1 (the channels of a conv map)."""
         dtype = self.const_dtype or x.dtype
-        if self.structural and (self.stats is None or not self.stats.patterns):
+        if self.structural and (self.stats is None or not self.stats.patterns) \
+                or self.stats is not None and self.stats.reach and call not in self.stats.patterns:
+            # reach only: every token reaches every other one, as a softmax's positive probabilities do
             return torch.ones(x.shape, dtype=dtype, device=x.device)
         pat = self._stats().pattern(call)
         if channels and pat.numel() != x.numel() and pat.dim() == x.dim() >= 3 and pat.shape[:2] == x.shape[:2]:

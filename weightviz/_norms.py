@@ -62,7 +62,8 @@ class FrozenStats:
     """Frozen statistics of one model: ``scales`` (norm call -> scale), ``means`` (norm calls whose
     statistic spans positions -> frozen mean), ``patterns`` (attention call -> mean probabilities
     ``[k, heads, N, N]``). ``mode``: ``"data"`` (measured on ``n_images`` images of size ``size``),
-    ``"unit"`` (every scale 1) or ``"dict"`` (the caller's scales; attention still needs data)."""
+    ``"unit"`` (every scale 1) or ``"dict"`` (the caller's scales; attention still needs data). ``reach``:
+    for a receptive-field search, where only which positions reach which matters."""
 
     mode: str = "data"
     scales: dict[str, float] = field(default_factory=dict)
@@ -72,6 +73,8 @@ class FrozenStats:
     n_images: int = 0
     size: int | None = None
     overrides: dict[str, float] = field(default_factory=dict)
+    #: statistics of a receptive-field search (values unused): an unmeasured attention pattern is all ones
+    reach: bool = False
 
     def has_entries(self) -> bool:
         """Whether any call has a statistic or override to look up (else calls need no names)."""
