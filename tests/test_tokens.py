@@ -300,3 +300,38 @@ def test_receptive_field_between_token_layers_is_one_line(vit):
     with pytest.raises(WeightvizError, match=r"must output \[B, C, H, W\] or \[B, C\], got \[1, 17, 32\]") as e:
         wv.receptive_field(vit, "blocks.1", "blocks.0")
     assert "\n" not in str(e.value)
+
+
+class _MaxSoftmaxGate(nn.Module):
+    """A spatial attention gate computed from a channel max: ``c2(h * softmax_positions(amax_C(h)))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.c1(x)
+        a = h.amax(1, keepdim=True)                                   # gate-only (weightviz._gating)
+        return self.c2(h * torch.softmax(a.flatten(2), -1).reshape(a.shape))
+
+
+def test_gate_only_max_into_a_frozen_softmax_equals_autograd():
+    """amax feeding a softmax: the softmax is frozen at its mean over the images, so the amax branch drops
+    out (as in front of a sigmoid gate) and the map is ``c2(z * P_mean)``; at another input size the error
+    names the pattern's size, not the amax."""
+    torch.manual_seed(0)
+    m = _MaxSoftmaxGate().eval()
+    imgs = torch.randn(4, 3, 32, 32)
+    E = wv.expanded_weights(m, "c1", "c2", images=imgs, input_size=32)
+    with torch.no_grad():
+        a = m.c1(imgs).amax(1, keepdim=True)
+        P = torch.softmax(a.flatten(2), -1).mean(0, keepdim=True).reshape(1, 1, 32, 32)
+    rf = wv.receptive_field(m, "c2", "c1", input_size=32)
+    z = torch.zeros(1, 8, 32, 32, requires_grad=True)
+    y = m.c2(z * P)[0, :, rf.target[0], rf.target[1]]
+    J = torch.stack([torch.autograd.grad(y[u], z, retain_graph=True)[0][0] for u in range(4)])
+    (r0, c0), (kh, kw) = rf.start, rf.size
+    torch.testing.assert_close(E, J[..., r0:r0 + kh, c0:c0 + kw], rtol=1e-4, atol=1e-5 * float(J.abs().max()))
+    with pytest.raises(WeightvizError, match="measured at input size 32.*pass input_size=32"):
+        wv.expanded_weights(m, "c1", "c2", images=imgs)

@@ -35,7 +35,7 @@ LOGIT_PRODUCTS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "einsum"}
 
 class FrozenOps:
     """Mixin: needs the Linearizer's ``track``, ``is_tracked``, ``node_of``, ``_run``, ``_fail``,
-    ``_only_first``, ``tape``, ``structural``, ``const_dtype``, ``stats``, ``_call``, ``_pending`` and the
+    ``_only_first``, ``tape``, ``structural``, ``const_dtype``, ``stats``, ``froze``, ``_call``, ``_pending`` and the
     static helpers ``_op_name``, ``_keyf``, ``_leaves_of``, ``_shape_only``."""
 
     def _stats(self) -> _norms.FrozenStats:
@@ -46,6 +46,7 @@ class FrozenOps:
     def _frozen(self, func, name: str, args: tuple, kwargs: dict):
         x = args[0] if args else kwargs.get("input", kwargs.get("query"))
         call = self._call or self._op_name(func)
+        self.froze = True    # this forward's values depend on the statistics
         if name == "softmax":
             if not self.is_tracked(x):
                 raise self._fail(func, "a softmax whose other arguments depend on it is not linear")
@@ -87,20 +88,23 @@ class FrozenOps:
         """The frozen probabilities of a softmax over ``x`` (tracked or pending logits); untracked.
         ``channels``: a softmax over dim 1 (the channels of a conv map)."""
         dtype = self.const_dtype or x.dtype
+        self.froze = True
         if self.structural and (self.stats is None or not self.stats.patterns) \
                 or self.stats is not None and self.stats.reach and call not in self.stats.patterns:
             # reach only: every token reaches every other one, as a softmax's positive probabilities do
             return torch.ones(x.shape, dtype=dtype, device=x.device)
         pat = self._stats().pattern(call)
         if channels and pat.numel() != x.numel() and pat.dim() == x.dim() >= 3 and pat.shape[:2] == x.shape[:2]:
-            # a softmax over the channels of a conv map measured at another input size (the receptive-field
-            # search probes several): its mean over the positions, the same at every position
+            # a softmax over the channels of a conv map measured at another input size (the weights are taken
+            # at the size of the receptive field): its mean over the positions, the same at every position
             pat = pat.mean(tuple(range(2, pat.dim())), keepdim=True).expand(x.shape)
         if pat.numel() != x.numel():
-            size = f" at input size {self.stats.size}" if self.stats is not None and self.stats.size else ""
+            n = self.stats.size if self.stats is not None else None
+            size, fix = (f" at input size {n}", f"; pass input_size={n}") if n else ("", "")
             raise WeightvizError(
                 f"the attention pattern of {call!r} was measured{size} with {list(pat.shape)} probabilities, this "
-                f"forward has {list(x.shape)}: token models are linearized at the input size of the statistics")
+                f"forward has {list(x.shape)}: models with attention are linearized at the input size of the "
+                f"statistics{fix}")
         return pat.reshape(x.shape).to(device=x.device, dtype=dtype).detach()
 
     def _attention(self, func, call: str, args: tuple, kwargs: dict):

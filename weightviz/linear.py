@@ -227,6 +227,8 @@ class Linearizer(GateRules, FrozenOps, TorchFunctionMode):
         # frozen statistics of norms and attention (weightviz._norms, weightviz._frozen), their call namer
         self.stats = stats
         self.names = names
+        #: a norm or attention call was frozen in this forward (its values depend on ``stats``)
+        self.froze = False
         self._call: str | None = None
         self._pending: dict[int, tuple[torch.Tensor, Any]] = {}
         self.gate = float(gate)
@@ -322,7 +324,8 @@ class Linearizer(GateRules, FrozenOps, TorchFunctionMode):
             else:
                 out = self._dispatch(func, key, args, kwargs, tracked)
         except WeightvizError:
-            if gate_only is not None:   # the root cause is the reduction further up
+            # the root cause is the reduction further up (unless a frozen softmax/norm, which may take it, failed)
+            if gate_only is not None and key not in _norms.KINDS:
                 raise WeightvizError(gate_only) from None
             raise
         if gate_only is not None:
