@@ -132,7 +132,7 @@ def expand(model: nn.Module, src: str | None, dst: str, units, *, token, size: i
     """Expanded weights between token layers: ``[U, C_src, N_src]``, the weight from ``src`` channel ``c`` at
     token ``t`` (raw token order of ``src``) to ``dst`` unit ``u`` (``units``: a list of ints) at the target
     token. ``forward`` is
-    :func:`weightviz.expand._forward` (one linearized forward from ``src`` to ``dst`` at input ``size``,
+    :func:`weightviz._trace.forward` (one linearized forward from ``src`` to ``dst`` at input ``size``,
     with the frozen statistics active); the map is its exact Jacobian (``torch.func.vjp``, cotangents
     batched with ``torch.func.vmap``)."""
     first = forward(model, src, dst, size, gate=gate)
