@@ -120,7 +120,8 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
         t = None
         ys = [out[0].sum()]
     else:
-        raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)}")
+        raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)} (a token "
+                             "layer has no receptive field: expanded_weights gives maps over all its tokens)")
     g = []
     for y in ys:   # each like z: [1, C, H, W]; the first backward also records the conv cones
         g.append(torch.autograd.grad(y, z, retain_graph=True)[0])
