@@ -43,6 +43,7 @@ def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[...
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
 from .routes import paths  # noqa: E402
+from .tokens import token_weights  # noqa: E402
 from .weights import first_conv, nmf_grid, rgb_weights_grid  # noqa: E402
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "rgb_weights_grid",
     "small_multiples",
     "spatial_positions",
+    "token_weights",
     "top_inputs",
     "weight_factors",
 ]

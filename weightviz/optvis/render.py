@@ -27,7 +27,7 @@ from torch import nn
 
 from .._limits import MAX_SIZE, MIN_SIZE, check_size
 from ..errors import WeightvizError
-from ..models import input_spec, model_hash, resolve
+from ..models import fixed_input_size, input_spec, model_hash, resolve
 from ._hooks import Capture, RedirectReLU, activations, frozen
 from .cache import RenderCache
 from .image import grid, save_png, to_uint8
@@ -150,7 +150,8 @@ def render(
 ) -> RenderResult:
     """Feature-visualize one objective or a list of objectives (one image each, rendered as batches).
 
-    ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels.
+    ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels (a model with a fixed
+    input size, e.g. ViT/Swin: :func:`weightviz.models.fixed_input_size`, sees it upsampled bilinearly to that size).
     ``steps``: Adam steps at learning rate ``lr``. ``seed``: same seed, same image. ``batch``: at most
     this many objectives per forward pass (default 32); objectives reading different layers go in
     different passes, so each forward stops at its own deepest layer. ``cache``: ``True`` (default directory), a path
@@ -183,10 +184,13 @@ def render(
     model = resolve(model)
     spec = input_spec(model)
     store = _resolve_cache(cache)
+    # a model with a fixed input size (ViT, Swin) sees the image upsampled to it (as lucent does)
+    fixed = fixed_input_size(model)
+    model_size = fixed if fixed is not None and fixed != size else None
 
     # validate every objective (layer names, units, vector lengths, positions) before any optimization
     layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
-    shapes = _probe_shapes(model, layer_names, spec.channels, size)
+    shapes = _probe_shapes(model, layer_names, spec.channels, model_size or size)
     for o in objs:
         o.check(shapes)
 
@@ -196,6 +200,8 @@ def render(
         "transforms": transforms.key() if transforms is not None else None,
         "channels": spec.channels, "mean": spec.mean, "std": spec.std,
     }
+    if model_size is not None:
+        params["model_input"] = model_size
     keys = [RenderCache.key(model_hash(model), o.key, params) for o in objs] if store is not None else [None] * len(objs)
 
     images: list[torch.Tensor | None] = [None] * len(objs)
@@ -221,7 +227,8 @@ def render(
         for idx in chunks:
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
                                        redirect_steps, transforms, decorrelate, advance,
-                                       None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)))
+                                       None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)),
+                                       model_size)
             for j, i in enumerate(idx):
                 images[i], values[i] = imgs[j], float(vals[j])
                 if store is not None:
@@ -251,8 +258,16 @@ def _probe_shapes(model: nn.Module, layer_names: list[str], channels: int, size:
     return {k: tuple(v.shape[1:]) for k, v in acts.items()}
 
 
+def _to_model(img: torch.Tensor, spec, dtype, model_size: int | None) -> torch.Tensor:
+    """Rendered images ``[B, C, size, size]`` in [0, 1] -> model input (bilinear upsampling, corners aligned as
+    lucent's ``fixed_image_size``, to a fixed model input size; then the model's normalization)."""
+    if model_size is not None:
+        img = torch.nn.functional.interpolate(img, size=(model_size, model_size), mode="bilinear", align_corners=True)
+    return spec.normalize(img).to(dtype)
+
+
 def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance,
-                  callback=None):
+                  callback=None, model_size=None):
     device, dtype = _device_dtype(model)
     g = torch.Generator().manual_seed(seed)
     param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
@@ -268,7 +283,7 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
             img = param.image()
             if transforms is not None:
                 img = apply_transform(img, sample_transform(transforms, g), transforms.pad_value)
-            x = spec.normalize(img).to(dtype)
+            x = _to_model(img, spec, dtype, model_size)
             with RedirectReLU() if step < redirect_steps else contextlib.nullcontext():
                 acts = cap.run(x)
                 loss = -evaluate(acts).sum()
@@ -281,5 +296,5 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
                     callback(step + 1, param.image().detach())
         with torch.no_grad():
             final = param.image()
-            vals = evaluate(cap.run(spec.normalize(final).to(dtype)))
+            vals = evaluate(cap.run(_to_model(final, spec, dtype, model_size)))
     return final.detach().float().cpu(), vals.detach().float().cpu()
