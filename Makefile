@@ -20,11 +20,13 @@ $(BIN)/python:
 # Exact, tested versions for the dev/CI environment (the package itself declares ranges).
 $(VENV)/.installed: requirements/ci.txt pyproject.toml | $(BIN)/python
 ifeq ($(ARCH),x86_64)
-	$(BIN)/pip install -q -r requirements/ci.txt
+	$(BIN)/pip install -q $$(grep -v -i -E '^torch-lucent' requirements/ci.txt)
 else
 	$(BIN)/pip install -q torch==2.9.1 torchvision==0.24.1
 	$(BIN)/pip install -q $$(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements/ci.txt | sed 's/==.*//')
 endif
+	# test-only reference (tests/test_inceptionv1.py imports only its model, which needs torch alone)
+	$(BIN)/pip install -q --no-deps $$(grep -i -E '^torch-lucent' requirements/ci.txt)
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 

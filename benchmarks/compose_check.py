@@ -35,8 +35,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import weightviz as wv
-    from weightviz import _compose
-    from weightviz import expand as ex
+    from weightviz import _compose, _trace
 
     used = {"composed": 0, "fallback": 0}
     orig = _compose.compose
@@ -59,15 +58,15 @@ def main() -> None:
             units = list(range(args.units))
             before = dict(used)
             try:
-                ex._COMPOSE = True
+                _trace.COMPOSE = True
                 got = wv.expanded_weights(model, src, dst, units=units)
             except wv.WeightvizError as e:
                 print(f"{spec} {src} -> {dst}: refused: {str(e)[:100]}")
                 continue
             path = "composed" if used["composed"] > before["composed"] else "fallback"
-            ex._COMPOSE = False
+            _trace.COMPOSE = False
             ref = wv.expanded_weights(model, src, dst, units=units)
-            ex._COMPOSE = True
+            _trace.COMPOSE = True
             err = float((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
             worst, n = max(worst, err), n + 1
             print(f"{spec} {src} -> {dst} {tuple(got.shape)}: {path}, rel. diff {err:.1e}")

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import weightviz as wv
-from weightviz import _compose
-from weightviz import expand as ex
+from weightviz import _compose, _field, _trace
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def spy(monkeypatch):
 
 def autograd_path(monkeypatch, *args, **kwargs):
     with monkeypatch.context() as mp:
-        mp.setattr(ex, "_COMPOSE", False)
+        mp.setattr(_trace, "COMPOSE", False)
         return wv.expanded_weights(*args, **kwargs)
 
 
@@ -182,8 +181,8 @@ def test_field_from_tape_boxes_equals_structural_probe(request, fixture, src, ds
     import dataclasses
 
     model = request.getfixturevalue(fixture)
-    got = ex._tape_probe(model, src, dst, size)
-    ref = ex._structural_probe(model, src, dst, size)
+    got = _field._tape_probe(model, src, dst, size)
+    ref = _field._structural_probe(model, src, dst, size)
     assert got is not None
     assert dataclasses.replace(got, cones=()) == dataclasses.replace(ref, cones=())
 

@@ -30,36 +30,48 @@ def E5(lite0):
     return wv.expanded_weights(lite0, SRC, DST, units=list(range(10)))
 
 
+def assert_top_k(chosen, scores, k, rtol=1e-5):
+    """``chosen`` are the ``k`` largest ``scores``, strongest first, up to float32 rounding: the figure and
+    the test compute the scores on different paths, so near-ties may come in either order."""
+    scores = [float(v) for v in scores]
+    assert len(chosen) == len(set(chosen)) == k
+    got = [scores[c] for c in chosen]
+    assert all(a >= b * (1 - rtol) for a, b in zip(got, got[1:])), got
+    rest = [v for i, v in enumerate(scores) if i not in chosen]
+    assert not rest or min(got) >= max(rest) * (1 - rtol), (min(got), max(rest))
+
+
 # ------------------------------------------------------------------------------------- top inputs
 def test_top_inputs_expanded_order_scale_signs(lite0, E5):
     fig = figs.top_inputs(lite0, DST, 5, src=SRC, k=6, **NOFV)
     w = E5[5]  # [40, 7, 7]
     norms = w.flatten(1).norm(dim=1)
-    expected = sorted(range(w.shape[0]), key=lambda c: -float(norms[c]))[:6]
     d = fig.data
-    assert d["inputs"] == expected
+    assert_top_k(d["inputs"], norms, 6)
+    expected = d["inputs"]
     assert d["input_layer"] == SRC and d["slice_shape"] == [7, 7]
     assert np.allclose(d["norms"], [float(norms[c]) for c in expected], rtol=1e-5)
     assert d["signs"] == [int(np.sign(float(w[c].sum()))) for c in expected]
-    assert d["vmax"] == pytest.approx(float(w[expected].abs().max()), rel=1e-6)
+    assert d["vmax"] == pytest.approx(float(w[expected].abs().max()), rel=1e-5)
     # the shown scale is the max over the shown slices, not over all inputs
-    assert d["vmax"] <= float(w.abs().max()) + 1e-9
+    # (the figure computes unit 5 alone, E5 ten units at once: batched products round differently, ~1e-7)
+    assert d["vmax"] <= float(w.abs().max()) * (1 + 1e-5)
 
 
 def test_top_inputs_direct_googlenet(googlenet):
     layer = "inception3a.branch2.1.conv"
     fig = figs.top_inputs(googlenet, layer, 17, k=5, **NOFV)
     W = wv.weights(googlenet, layer)[17]  # [96, 3, 3]
-    order = torch.argsort(W.flatten(1).norm(dim=1), descending=True)[:5].tolist()
-    assert fig.data["inputs"] == order
+    assert_top_k(fig.data["inputs"], W.flatten(1).norm(dim=1), 5)
+    order = fig.data["inputs"]
     assert fig.data["input_layer"] == "inception3a.branch2.0"  # the BasicConv2d block (ReLU inside)
-    assert fig.data["vmax"] == pytest.approx(float(W[order].abs().max()), rel=1e-6)
+    assert fig.data["vmax"] == pytest.approx(float(W[order].abs().max()), rel=1e-5)
 
 
 def test_expanded_figure_matches_top_inputs(lite0, E5):
     fig = figs.expanded(lite0, SRC, DST, 2, k=12, **NOFV)
     norms = E5[2].flatten(1).norm(dim=1)
-    assert fig.data["inputs"] == torch.argsort(norms, descending=True)[:12].tolist()
+    assert_top_k(fig.data["inputs"], norms, 12)
     assert fig.data["figure"] == "expanded"
 
 
@@ -69,12 +81,13 @@ def test_small_multiples_default_inputs_and_scale(googlenet):
     fig = figs.small_multiples(googlenet, None, layer, units, k=5, **NOFV)
     W = wv.weights(googlenet, layer)[units]  # [3, 64, 3, 3]
     strength = [sum(float(W[u, i].norm()) ** 2 for u in range(3)) for i in range(W.shape[1])]
-    expected = sorted(range(W.shape[1]), key=lambda i: -strength[i])[:5]
     d = fig.data
-    assert d["inputs"] == expected and d["units"] == units
+    assert_top_k(d["inputs"], strength, 5)
+    expected = d["inputs"]
+    assert d["units"] == units
     assert d["rows"] == {"layer": layer, "units": units}
     assert d["cols"] == {"layer": "conv2", "units": expected}
-    assert d["vmax"] == pytest.approx(float(W[:, expected].abs().max()), rel=1e-6)
+    assert d["vmax"] == pytest.approx(float(W[:, expected].abs().max()), rel=1e-5)
 
 
 def test_family_grid_rows_inputs_cols_outputs(lite0, E5):
@@ -83,7 +96,7 @@ def test_family_grid_rows_inputs_cols_outputs(lite0, E5):
     d = fig.data
     assert d["rows"] == {"layer": SRC, "units": src_units}  # order as given
     assert d["cols"] == {"layer": DST, "units": dst_units}
-    assert d["vmax"] == pytest.approx(float(E5[dst_units][:, src_units].abs().max()), rel=1e-6)
+    assert d["vmax"] == pytest.approx(float(E5[dst_units][:, src_units].abs().max()), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ spatial positions
@@ -106,7 +119,7 @@ def test_spatial_window_holds_most_weight(lite0, E5):
     energy = {(y, x): float((norms[y:y + 4, x:x + 4] ** 2).sum()) for y in range(4) for x in range(4)}
     y0, x0, h, w = fig.data["window"]
     assert (h, w) == (4, 4)
-    assert energy[(y0, x0)] == pytest.approx(max(energy.values()), rel=1e-6)
+    assert energy[(y0, x0)] == pytest.approx(max(energy.values()), rel=1e-5)
     assert np.allclose(fig.data["fade"], norms[y0:y0 + 4, x0:x0 + 4] / norms.max(), rtol=1e-5)
 
 
@@ -143,7 +156,7 @@ def test_weight_factors_maps_reconstruct(lite0, E5):
     assert torch.allclose(torch.einsum("fnyx,fc->ncyx", maps, H), recon, atol=1e-5)
     err = float((E5[units] - recon).norm() / E5[units].norm())
     assert d["recon_error"] == pytest.approx(err, rel=1e-4)
-    assert d["vmax"] == pytest.approx(float(maps.abs().max()), rel=1e-6)
+    assert d["vmax"] == pytest.approx(float(maps.abs().max()), rel=1e-5)
     for f in range(2):
         assert d["top_inputs"][f] == torch.argsort(H[f], descending=True)[:3].tolist()
         assert (H[f] >= 0).all()

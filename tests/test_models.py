@@ -103,7 +103,7 @@ def test_bad_weight_files(tmp_path):
     with pytest.raises(WeightvizError, match="cannot read"):
         wv.load_model(f"torchvision:resnet18@{tmp_path / 'corrupt.safetensors'}")
     (tmp_path / "corrupt.pth").write_bytes(b"not a zip")
-    with pytest.raises(WeightvizError, match="cannot read|refusing"):
+    with pytest.raises(WeightvizError, match="is not a weights file"):
         wv.load_model(f"torchvision:resnet18@{tmp_path / 'corrupt.pth'}")
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"x": _Evil()}, f)
@@ -145,3 +145,145 @@ def test_preprocess_shape(lite0):
     x = wv.preprocess(np.zeros((300, 400, 3), np.uint8), lite0)
     assert x.shape == (1, 3, 224, 224)
     assert torch.allclose(x, torch.full_like(x, -1.0))
+
+
+# ------------------------------------------------------------------------------- weights-file messages
+def test_weights_file_messages_plain_and_no_torch_warnings(tmp_path):
+    import warnings
+
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(), tmp_path / "whole.pth")  # a pickled model, not a state dict
+    torch.save({"x": _Evil()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    sd = torchvision.models.resnet18().state_dict()
+    torch.save(sd, tmp_path / "full.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:100_000])
+    expected = {"whole.pth": "refusing to load .* torchvision.models.resnet.ResNet",
+                "legacy.pth": "refusing to load", "random.pth": "is not a weights file",
+                "notes.txt": "is not a weights file", "truncated.pth": "corrupt or truncated"}
+    for name, pattern in expected.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(WeightvizError, match=pattern) as e:
+                wv.load_model(f"torchvision:resnet18@{tmp_path / name}")
+        msg = str(e.value)
+        assert "\n" not in msg and "\x1b" not in msg and "weights_only" not in msg, msg
+        assert [w for w in caught if "random init" not in str(w.message)] == [], name
+
+
+# --------------------------------------------------------------------------------------- NaN modules
+def _nan_tiny(tiny):
+    with torch.no_grad():
+        tiny.conv2.weight[0, 0, 0, 0] = float("nan")
+    return tiny
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: wv.render(m, wv.objectives.channel("conv2", 0), size=16, steps=1, cache=None, progress=False),
+    lambda m: wv.expanded_weights(m, "conv1", "conv3"),
+    lambda m: wv.receptive_field(m, "conv3", "conv1"),
+    lambda m: wv.figures.top_inputs(m, "conv3", 0, fv=False),
+    lambda m: wv.figures.nmf_grid(m, "conv2"),
+    lambda m: wv.scan_banding(m, n_perm=19),
+    lambda m: wv.explore.Explorer(m),
+    lambda m: wv.load_model(m),
+], ids=["render", "expanded_weights", "receptive_field", "figure", "nmf_grid", "scan_banding", "explorer",
+        "load_model"])
+def test_a_module_with_nan_weights_is_refused_everywhere(tiny, call):
+    m = _nan_tiny(tiny)
+    with pytest.raises(WeightvizError, match="non-finite weights .*'conv2.weight'"):
+        call(m)
+
+
+def test_the_finite_check_is_cached_but_sees_changes(tiny):
+    from weightviz.models import check_finite
+
+    check_finite(tiny)  # remembered
+    with torch.no_grad():
+        tiny.conv1.bias[0] = float("inf")  # an in-place change bumps the version counter
+    with pytest.raises(WeightvizError, match="conv1.bias"):
+        check_finite(tiny)
+    with torch.no_grad():
+        tiny.conv1.bias[0] = 0.0
+    check_finite(tiny)
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def test_preprocess_gives_the_channels_of_the_first_conv():
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()).eval()
+    img = np.zeros((250, 300, 3), np.uint8)
+    img[...] = (200, 100, 50)
+    x = wv.preprocess(img, gray)
+    assert x.shape == (1, 1, 224, 224)
+    # luminance by hand (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B), then the 1-channel spec (0.5, 0.5)
+    lum = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    torch.testing.assert_close(x, torch.full_like(x, (lum - 0.5) / 0.5), rtol=1e-6, atol=1e-6)
+    assert tuple(gray(x).shape[:2]) == (1, 4)  # the model takes it
+    with pytest.raises(WeightvizError, match="takes 2-channel input"):
+        wv.preprocess(img, nn.Sequential(nn.Conv2d(2, 4, 3)).eval())
+    assert wv.preprocess(img[..., 0], nn.Sequential(nn.Conv2d(3, 4, 3))).shape == (1, 3, 224, 224)  # grey in
+
+
+# ------------------------------------------------------------------------------------------- units
+@pytest.mark.parametrize("units", ["0:5:0", "::0", slice(0, 5, 0)])
+def test_unit_step_zero_is_bad_input(units):
+    with pytest.raises(WeightvizError, match="step must not be 0"):
+        wv.parse_units(units, 10)
+
+
+# ----------------------------------------------------------------------------------- random init
+def test_random_init_warns_and_marks_the_model(tmp_path):
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from weightviz.models import is_random_init
+
+    with pytest.warns(UserWarning, match=r"^no weights given: random initialization; pass "
+                                         r"torchvision:resnet18@file to load yours$"):
+        m = wv.load_model("torchvision:resnet18")
+    assert is_random_init(m)
+    with pytest.warns(UserWarning, match="pass timm:resnet18@file"):
+        assert is_random_init(wv.load_model("timm:resnet18"))
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with weights (or the embedded lite0, or a module): no warning
+        assert not is_random_init(wv.load_model(f"torchvision:resnet18@{tmp_path / 'w.safetensors'}"))
+        assert not is_random_init(wv.load_model(nn.Conv2d(3, 3, 1)))
+
+
+def test_figures_and_pages_of_a_random_init_model_say_so(tmp_path, tiny):
+    import warnings
+
+    from weightviz.explore import ExploreConfig, build_site
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = wv.load_model("torchvision:squeezenet1_1")
+    fig = wv.figures.top_inputs(m, "features.4.expand1x1", 0, fv=False)
+    assert fig.data["random_init"] is True
+    assert any("random init" in t.get_text() for t in fig.fig.texts)
+    fig.save(tmp_path / "top.png")
+    plain = wv.figures.top_inputs(tiny, "conv2", 0, fv=False)  # a module of one's own: no mark
+    assert "random_init" not in plain.data and not any("random init" in t.get_text() for t in plain.fig.texts)
+    cfg = ExploreConfig(size=16, steps=1, top_k=2, n_factors=2, factor_k=2)
+    report = build_site(m, tmp_path / "site", layers="features.3", units="0:1", config=cfg, render_cache=None)
+    assert "random init" in report.index.read_text()
+    assert "random init" in (tmp_path / "site" / "unit" / "features.3" / "0.html").read_text()
+
+
+# ------------------------------------------------------------------------------------------- sizes
+def test_one_size_bound_for_render_figures_and_explorer(tiny):
+    from weightviz._limits import MAX_SIZE, MIN_SIZE
+    from weightviz.explore import ExploreConfig
+
+    assert (MIN_SIZE, MAX_SIZE) == (16, 1024)
+    for bad in (MIN_SIZE - 1, MAX_SIZE + 1):
+        with pytest.raises(WeightvizError, match="from 16 to 1024 pixels"):
+            wv.render(tiny, wv.objectives.channel("conv2", 0), size=bad, steps=1, cache=None, progress=False)
+        with pytest.raises(WeightvizError, match="from 16 to 1024 pixels"):
+            wv.figures.top_inputs(tiny, "conv3", 0, size=bad)
+        with pytest.raises(WeightvizError, match="from 16 to 1024 pixels"):
+            ExploreConfig(size=bad)

@@ -140,6 +140,33 @@ def test_redirected_clamp_gradient_hand_cases():
     assert gx6.tolist() == [[1.0, 0.0, -1.0]]  # above 6: only moves that lower x pass
 
 
+class _InplaceAfterRelu(nn.Module):
+    """A ReLU's input changed in place later in the forward (legal PyTorch: relu saves its output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        y = self.b(F.relu(a))
+        a.add_(y)
+        return self.c(a)
+
+
+def test_redirect_allows_inplace_change_of_relu_input():
+    torch.manual_seed(0)
+    m = _InplaceAfterRelu().eval()
+    r = wv.render(m, obj.channel("c", 0), size=32, steps=2, progress=False)   # crashed before (issue 13)
+    assert torch.isfinite(r.images).all()
+    # and the redirected gradient is torch's own where units are alive (a live unit in every item)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    (g0,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+    with RedirectReLU():
+        (g1,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+    torch.testing.assert_close(g1, g0)
+
+
 @pytest.mark.parametrize("fn", [
     lambda x: nn.ReLU(inplace=True)(x * 1), lambda x: F.relu(x), lambda x: torch.relu(x), lambda x: x.relu(),
     lambda x: nn.ReLU6(inplace=True)(x * 1), lambda x: F.relu6(x), lambda x: F.hardtanh(x, 0.0, 6.0),

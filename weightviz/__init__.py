@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import WeightvizError
+from .errors import WeightvizError, WeightvizWarning
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "weights": "models",
     "get_module": "models",
     "input_spec": "models",
+    "fixed_input_size": "models",
     "preprocess": "models",
     "parse_units": "models",
     "model_hash": "models",
@@ -69,7 +70,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {"objectives": "optvis.objectives", "figures": "figures", "optvis": "optvis", "explore": "explore",
                "testing": "testing"}
 
-__all__ = ["WeightvizError", "__version__", *_EXPORTS, *_SUBMODULES]
+__all__ = ["WeightvizError", "WeightvizWarning", "__version__", *_EXPORTS, *_SUBMODULES]
 
 
 def __getattr__(name: str):

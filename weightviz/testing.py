@@ -32,17 +32,22 @@ __all__ = ["hand_linearized", "slow_expanded_weights"]
 
 
 def hand_linearized(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with ReLU/ReLU6/SiLU/GELU/Dropout modules replaced by ``nn.Identity`` and
+    """A deep copy in eval mode with ReLU/ReLU6/SiLU/GELU/Dropout/LocalResponseNorm modules replaced by
+    ``nn.Identity`` and
     ``nn.MaxPool2d`` by ``nn.AvgPool2d`` of the same window (zero padding counted)."""
     m = copy.deepcopy(model).eval()
     for mod in list(m.modules()):
         for name, child in list(mod.named_children()):
-            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout)):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout, nn.LocalResponseNorm)):
                 setattr(mod, name, nn.Identity())
             elif isinstance(child, nn.MaxPool2d):
                 setattr(mod, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                 ceil_mode=child.ceil_mode, count_include_pad=True))
     return m
+
+
+class _Stop(Exception):
+    """Ends the forward after ``dst``."""
 
 
 def _identity(x, inplace=False):
@@ -76,6 +81,7 @@ def slow_expanded_weights(
 
     def dst_hook(_m, _i, out):
         cap["y"] = out
+        raise _Stop  # the rest of the model does not matter (and may not run at a small input_size)
 
     h1 = get_module(lin, src).register_forward_hook(src_hook)
     h2 = get_module(lin, dst).register_forward_hook(dst_hook)
@@ -84,7 +90,10 @@ def slow_expanded_weights(
     try:
         t = time.perf_counter()
         with torch.enable_grad():
-            lin(torch.zeros(1, input_spec(model).channels, input_size, input_size))
+            try:
+                lin(torch.zeros(1, input_spec(model).channels, input_size, input_size))
+            except _Stop:
+                pass
         forward = time.perf_counter() - t
     finally:
         F.relu = relu

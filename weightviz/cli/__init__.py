@@ -2,7 +2,9 @@
 
 Each command lives in a module of this package and registers itself on :data:`app`; the list
 :data:`_COMMAND_MODULES` is the one place that wires them in. Errors from bad input
-(:class:`weightviz.WeightvizError`) print one line on stderr and exit with status 2.
+(:class:`weightviz.WeightvizError`) and usage errors print one line on stderr and exit with status 2;
+Ctrl-C prints ``aborted`` and exits with 130 (see :func:`main`). Typer bundles its own copy of click
+(``typer._click``): its exceptions, not those of the ``click`` package, are the ones raised here.
 """
 
 from __future__ import annotations
@@ -10,13 +12,27 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
-import click
 import typer
+
+try:  # recent typer bundles its own click (typer._click): its exceptions are the ones raised
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    from typer.exceptions import TyperException
+except ImportError:  # pragma: no cover - older typer runs on the click package
+    from click.exceptions import ClickException, UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:  # click < 8.2 prints the help and exits 0 itself
+        class NoArgsIsHelpError(UsageError):
+            """Never raised by this click."""
+
+    TyperException = ClickException
 
 from .. import __version__
 from ..errors import WeightvizError
-from ._common import app, err_console
+from ._common import app, err_console, install_warning_display
 
 _COMMAND_MODULES = [
     "models_cmd",
@@ -56,21 +72,30 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning bad input into one line on stderr and exit status 2."""
-    _register()
+    """Entry point. Exit status: 0 success; 2 bad input (:class:`WeightvizError`: ``error: ...``) or a
+    usage error (the usage line and ``error: ...``; no arguments at all: the help, as click does);
+    130 interrupted (Ctrl-C: ``aborted``); 1 only for a bug (``error: internal error ...``)."""
     try:
-        app(args=argv, prog_name="weightviz", standalone_mode=False)
+        _register()
+        with warnings.catch_warnings():
+            install_warning_display()
+            rv = app(args=argv, prog_name="weightviz", standalone_mode=False)
     except WeightvizError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return _exit(2)
-    except click.exceptions.Exit as e:
+    except NoArgsIsHelpError as e:  # `weightviz` / `weightviz figure` alone: the help, status 2 (click 8.2+)
+        typer.echo(e.format_message(), err=True)
+        return _exit(2)
+    except UsageError as e:
+        _usage_error(e)
+        return _exit(2)
+    except (TyperException, ClickException) as e:  # pragma: no cover - other click errors (file errors)
+        typer.echo(f"error: {e.format_message()}", err=True)
+        return _exit(e.exit_code or 1)
+    except typer.Exit as e:
         return _exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        return _exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("aborted", markup=False)
-        return _exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        return _aborted()
     except Exception as e:  # never show a deep traceback to a CLI user unless asked
         if os.environ.get("WEIGHTVIZ_DEBUG"):
             raise
@@ -80,7 +105,28 @@ def main(argv: list[str] | None = None) -> int:
             markup=False, highlight=False, soft_wrap=True,
         )
         return _exit(1)
-    return _exit(0)
+    if rv == 130:  # typer turns a KeyboardInterrupt inside a command into a returned 130
+        return _aborted()
+    return _exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+def _aborted() -> int:
+    # plain write, not the rich console: a Ctrl-C inside one of its prints can leave its buffer holding
+    # text already written, which its next print would write again
+    typer.echo("aborted", err=True)
+    return _exit(130)
+
+
+def _usage_error(e: UsageError) -> None:
+    """The usage line of the command that failed, then one ``error:`` line (exit status 2)."""
+    usage = e.ctx.get_usage() if e.ctx is not None else "Usage: weightviz [OPTIONS] COMMAND [ARGS]..."
+    usage = " ".join(usage.split())  # one line, however long
+    hint = ""
+    if e.ctx is not None:
+        hint = f" (see `{e.ctx.command_path} --help`)"
+    message = " ".join(e.format_message().split())  # one line
+    typer.echo(usage, err=True)
+    typer.echo(f"error: {message}{hint}", err=True)
 
 
 def _exit(code: int | None) -> int:

@@ -6,8 +6,10 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,18 +34,56 @@ IMAGE_SUFFIXES = (".png", ".svg")
 
 
 def check_output(path: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path:
-    """Validate an output path before any work: known suffix and an existing, writable directory."""
+    """Validate an output file path before any work: a known suffix, not an existing directory, in an
+    existing writable directory, and (if it exists) a writable file."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightvizError(f"output {str(path)!r} is a directory; give a file name ending in {', '.join(suffixes)}")
     if path.suffix.lower() not in suffixes:
         raise WeightvizError(f"output {str(path)!r} must end in one of {', '.join(suffixes)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise WeightvizError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
-    import os
-
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise WeightvizError(f"cannot write {str(path)!r}: directory {str(parent)!r} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise WeightvizError(f"cannot write {str(path)!r}: the file exists and is not writable")
     return path
+
+
+# ----------------------------------------------------------------------------- option helpers
+# Counts are validated by the parser (a usage error, exit status 2) so that 0 or a negative number is never
+# silently replaced by a default: use these for every option or argument that takes a count or a size.
+def count_option(default: int | None, *names: str, help: str, min: int = 1) -> Any:  # noqa: A002
+    """A ``typer.Option`` for a count (steps, columns, batch, top-k, ...): an integer >= ``min``."""
+    return typer.Option(default, *names, min=min, help=help)
+
+
+def size_option(default: int, help: str = "Feature-visualization size in pixels.") -> Any:  # noqa: A002
+    """``--size``: an image side in pixels, within the one bound of render, figures and explorer."""
+    from .._limits import MAX_SIZE, MIN_SIZE
+
+    return typer.Option(default, "--size", min=MIN_SIZE, max=MAX_SIZE, help=f"{help} ({MIN_SIZE}..{MAX_SIZE})")
+
+
+# ---------------------------------------------------------------------------------- warnings
+def install_warning_display() -> None:
+    """Inside ``warnings.catch_warnings()``: weightviz's own warnings (e.g. random initialization) print
+    as exactly their one-line message on stderr; other warnings keep Python's format."""
+    import warnings
+
+    from ..errors import WeightvizWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if isinstance(category, type) and issubclass(category, WeightvizWarning):
+            typer.echo(str(message), err=True)  # (a plain write: see cli._aborted)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default", WeightvizWarning)
 
 
 @contextlib.contextmanager
@@ -68,11 +108,18 @@ def progress_bar(description: str, total: int | None) -> Iterator[callable]:
 def load(model_spec: str, device: str | None = None):
     """Load a model from a CLI spec (errors become WeightvizError) and move it to ``device`` (default:
     the command's ``--device``, see :func:`with_device`)."""
+    import warnings
+
     from .._device import to_device
     from ..models import load_model
 
-    with err_console.status(f"loading {model_spec}", spinner="dots"):
-        return to_device(load_model(model_spec), device if device is not None else _DEVICE.get())
+    with warnings.catch_warnings(record=True) as caught:  # shown after the spinner, not inside its display
+        warnings.simplefilter("always")
+        with err_console.status(f"loading {model_spec}", spinner="dots"):
+            model = load_model(model_spec)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return to_device(model, device if device is not None else _DEVICE.get())
 
 
 # ------------------------------------------------------------------------------------ --device

@@ -36,7 +36,7 @@ def address_option():
 
 
 def jobs_option():
-    return typer.Option(None, "--jobs", "-j", help=JOBS_HELP)
+    return typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP)
 
 
 def check_executor(executor: str, address: str | None, jobs: int | None) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, err_console, load, with_device
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, with_device
 
 
 @app.command("expand")
@@ -17,11 +17,11 @@ def expand_cmd(
     dst: str = typer.Argument(..., help="Target layer, later in the forward pass."),
     unit: str = typer.Option(None, "--unit", "-u", help="dst unit(s): '5', '0:32', '3,7,9'. The figure shows the "
                              "first one. Default: unit 0 (figure) / all units (--save)."),
-    top: int = typer.Option(16, "--top", "-k", help="Number of strongest input channels drawn."),
+    top: int = count_option(16, "--top", "-k", help="Number of strongest input channels drawn."),
     output: Path = typer.Option(None, "--output", "-o", help="Figure: .png or .svg."),
     save: Path = typer.Option(None, "--save", help="Write the expanded weights [U, C_src, K, K] (and the "
                               "unit indices) to a .safetensors file."),
-    input_size: int = typer.Option(None, "--input-size", help="Force the input side (default: the smallest "
+    input_size: int = count_option(None, "--input-size", help="Force the input side (default: the smallest "
                                    "that holds the receptive field)."),
     gate: float = typer.Option(0.5, "--gate", help="Constant that sigmoid gates (squeeze-excite) are frozen to."),
 ) -> None:
@@ -42,8 +42,6 @@ def expand_cmd(
         check_output(output)
     if save is not None:
         check_output(save, (".safetensors",))
-    if top < 1:
-        raise WeightvizError(f"--top must be at least 1, got {top}")
     m = load(model)
     get_module(m, src)
     get_module(m, dst)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, current_device, err_console, load, with_device
+from ._common import (
+    MODEL_HELP,
+    app,
+    count_option,
+    current_device,
+    err_console,
+    load,
+    size_option,
+    with_device,
+)
 from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
 
 _LAYERS_HELP = ("Explored layers, comma-separated names from `weightviz layers MODEL` (default: the model's "
@@ -32,10 +41,10 @@ def explore_cmd(
     executor: str = executor_option(),
     address: str = address_option(),
     jobs: int = jobs_option(),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers each unit's inputs are also "
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers each unit's inputs are also "
                                 "expanded from (besides the layer feeding it directly)."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
@@ -73,7 +82,8 @@ def explore_cmd(
     names = {"weights": "weights, NMF, top inputs", "render": "feature visualizations", "page": "pages"}
     with job_progress(names) as progress:
         report = build_site(m, output, config=cfg, jobs=jobs, progress=progress, explorer=ex,
-                            executor=executor, address=address)
+                            executor=executor, address=address,
+                            on_wait=lambda line: err_console.print(line, markup=False, highlight=False))
     typer.echo(f"wrote {report.index} ({report.summary()})")
     typer.echo(f"summary: {report.stats()}")
     typer.echo(f"open it: file://{report.index.resolve()}")
@@ -88,10 +98,10 @@ def serve_cmd(
                              "this machine."),
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
     units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
-    size: int = typer.Option(64, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(64, "--steps", help="Feature-visualization optimization steps."),
-    top: int = typer.Option(8, "--top", help="Inputs and outputs shown per unit."),
-    sources: int = typer.Option(1, "--sources", help="Earlier explored layers to expand inputs from."),
+    size: int = size_option(64),
+    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
+    sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
     seed: int = typer.Option(0, "--seed", help="Seed of the renders and factorizations."),
     db: Path = typer.Option(None, "--db", help="SQLite cache file (default: $WEIGHTVIZ_CACHE/explorer.sqlite or ~/.cache/weightviz/explorer.sqlite)."),
@@ -108,6 +118,10 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
+    if db is not None:  # before any work: a file that is not an SQLite database fails here, naming --db
+        from ..explore.store import SqliteCache
+
+        SqliteCache(db, "0" * 16)
     cfg = _config(size, steps, top, sources, factor_fvs, seed)
     m = load(model)
     with err_console.status("planning", spinner="dots"):

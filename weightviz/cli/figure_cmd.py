@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, err_console, load, with_device
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
 
 figure_app = typer.Typer(
     no_args_is_help=True,
@@ -27,8 +27,8 @@ app.add_typer(figure_app, name="figure")
 _OUT = typer.Option(..., "--output", "-o", help="Output image: .png or .svg.")
 _SRC = typer.Option(None, "--src", "-s", help="Source layer for expanded weights (default: the layer's "
                     "direct weights, inputs = the layer feeding it).")
-_SIZE = typer.Option(96, "--size", help="Feature-visualization size in pixels.")
-_STEPS = typer.Option(None, "--steps", help="Feature-visualization steps (default: the render default).")
+_SIZE = size_option(96)
+_STEPS = count_option(None, "--steps", help="Feature-visualization steps (default: the render default).")
 _SEED = typer.Option(0, "--seed", help="Feature-visualization seed.")
 _CACHE = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache "
                       "($WEIGHTVIZ_CACHE or ~/.cache/weightviz).")
@@ -65,7 +65,7 @@ def top_inputs_cmd(
     unit: int = typer.Argument(..., help="Output channel of LAYER."),
     output: Path = _OUT,
     src: str = _SRC,
-    k: int = typer.Option(8, "--top", "-k", help="Number of inputs shown, strongest first."),
+    k: int = count_option(8, "--top", "-k", help="Number of inputs shown, strongest first."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """A unit's FV and its top-k input channels (FV + weight heatmap, one shared scale, exc./inh. marked).
@@ -83,7 +83,7 @@ def expanded_cmd(
     dst: str = typer.Argument(..., help="Destination layer."),
     unit: int = typer.Argument(..., help="Output channel of DST."),
     output: Path = _OUT,
-    k: int = typer.Option(16, "--top", "-k", help="Number of input channels shown, strongest first."),
+    k: int = count_option(16, "--top", "-k", help="Number of input channels shown, strongest first."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Expanded-weight heatmaps of the top-k source channels of one unit, with their FVs.
@@ -103,7 +103,7 @@ def small_multiples_cmd(
     src: str = _SRC,
     inputs: str = typer.Option(None, "--inputs", "-i", help="Input channels, one column each (default: "
                                "the --top strongest over the units)."),
-    k: int = typer.Option(6, "--top", "-k", help="Number of inputs when --inputs is not given."),
+    k: int = count_option(6, "--top", "-k", help="Number of inputs when --inputs is not given."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Weights from several inputs to one or several units as small multiples, FVs on the margins.
@@ -141,7 +141,7 @@ def spatial_cmd(
     unit: int = typer.Argument(..., help="Output channel of LAYER."),
     output: Path = _OUT,
     src: str = _SRC,
-    max_size: int = typer.Option(7, "--max-size", help="Show at most this many positions per side "
+    max_size: int = count_option(7, "--max-size", help="Show at most this many positions per side "
                                  "(the window holding the most weight)."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
@@ -161,8 +161,8 @@ def factors_cmd(
     units: str = typer.Argument(..., help="The family: units of DST ('0:8', '3,7,9')."),
     output: Path = _OUT,
     src: str = _SRC,
-    n_factors: int = typer.Option(2, "--factors", "-n", help="Number of NMF factors."),
-    n_top: int = typer.Option(4, "--top", "-k", help="Inputs listed per factor (largest loadings)."),
+    n_factors: int = count_option(2, "--factors", "-n", help="Number of NMF factors."),
+    n_top: int = count_option(4, "--top", "-k", help="Inputs listed per factor (largest loadings)."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """Weight factors of a family: one-sided NMF across the units, FV of each factor direction, each
@@ -184,7 +184,7 @@ def paths_cmd(
     unit: int = typer.Argument(..., help="Unit of DST."),
     src_unit: int = typer.Argument(..., help="Unit of SRC."),
     output: Path = _OUT,
-    n_routes: int = typer.Option(6, "--routes", "-r", help="Number of strongest routes shown."),
+    n_routes: int = count_option(6, "--routes", "-r", help="Number of strongest routes shown."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
     """The expanded weight from one early unit to one late unit beside its strongest routes through MID

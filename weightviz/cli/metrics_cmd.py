@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, load, progress_bar, with_device
+from ._common import MODEL_HELP, app, check_output, count_option, load, progress_bar, with_device
 
 
 @app.command("banding")
@@ -17,7 +17,7 @@ def banding_cmd(
     model: str = typer.Argument("efficientnet_lite0", help=MODEL_HELP),
     output: Path = typer.Option(None, "--output", "-o", help="Write the plot across depth (.png or .svg)."),
     image: str = typer.Option("auto", "--image", help="Kernel image: auto (raw if <=3 inputs, else NMF), raw, nmf."),
-    n_perm: int = typer.Option(1000, "--n-perm", help="Shuffles per neuron for the permutation null."),
+    n_perm: int = count_option(1000, "--n-perm", min=19, help="Shuffles per neuron for the permutation null (>= 19)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the permutation null (and of the NMF)."),
     layer: list[str] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable)."),
 ) -> None:
@@ -54,8 +54,8 @@ def tail_cmd(
     unit: str = typer.Argument(..., help="Output channel of LAYER."),
     src: str = typer.Option(None, "--src", help="Use expanded weights from this earlier layer (else direct)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the cumulative-share plot (.png or .svg)."),
-    top: int = typer.Option(10, "--top", help="List this many strongest input channels."),
-    draws: int = typer.Option(8, "--draws", help="Random Gaussian tensors averaged for the baseline."),
+    top: int = count_option(10, "--top", help="List this many strongest input channels."),
+    draws: int = count_option(8, "--draws", help="Random Gaussian tensors averaged for the baseline."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
 ) -> None:
     """Long tail of one unit's input weights: share of squared norm in the top-k input channels, k50, k90,

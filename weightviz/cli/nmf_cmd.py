@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, err_console, load, progress_bar, with_device
+from ._common import (
+    MODEL_HELP,
+    app,
+    check_output,
+    count_option,
+    err_console,
+    load,
+    progress_bar,
+    with_device,
+)
 
 
 @app.command("nmf")
@@ -18,7 +27,7 @@ def nmf_cmd(
     units: str = typer.Option(None, "--units", "-u", help="Output channels: '0:32', '3,7,9' (default: all)."),
     shared: bool = typer.Option(False, "--shared", help="Fit the colour factors once on all neurons of the "
                                 "layer, so a colour means the same thing in every neuron."),
-    factors: int = typer.Option(3, "--factors", "-f", help="Number of NMF factors (3 = RGB; more = hues)."),
+    factors: int = count_option(3, "--factors", "-f", help="Number of NMF factors (3 = RGB; more = hues)."),
     rgb: bool = typer.Option(False, "--rgb", help="Show a first layer's weights directly as RGB instead."),
     seed: int = typer.Option(0, "--seed", help="Seed of the NMF's random starts."),
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, err_console, load, with_device
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
 from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
 
 
@@ -20,13 +20,13 @@ def render_cmd(
     units: str = typer.Argument(..., help="Units (channels): '5', '0:16', '3,7,9' or 'all'."),
     output: Path = typer.Option(..., "--output", "-o", help="Output image: .png or .svg (labelled grid), or a "
                                 "directory (no suffix): one PNG per unit, LAYER_UNIT.png (bulk renders)."),
-    size: int = typer.Option(128, "--size", help="Image size in pixels."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimization steps (default: the render default)."),
+    size: int = size_option(128, help="Image size in pixels."),
+    steps: int | None = count_option(None, "--steps", help="Optimization steps (default: the render default)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same image)."),
     objective: str = typer.Option("channel", "--objective", help="'channel' (mean over positions) or "
                                   "'neuron' (centre position)."),
-    ncols: int | None = typer.Option(None, "--ncols", help="Grid columns (default: up to 8)."),
-    batch: int | None = typer.Option(None, "--batch", help="Units per forward pass (default 32)."),
+    ncols: int | None = count_option(None, "--ncols", help="Grid columns (default: up to 8)."),
+    batch: int | None = count_option(None, "--batch", help="Units per forward pass (default 32)."),
     raw: bool = typer.Option(False, "--raw", help="Write the exact pixels (no labels) instead of a figure; .png only."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Render cache directory "
@@ -42,6 +42,9 @@ def render_cmd(
 
     Bulk: weightviz render efficientnet_lite0 blocks.5.0 0:672 -o fv/ --executor ray
     """
+    from .._limits import check_size
+
+    check_size(size, "--size")
     if output.suffix == "" or output.is_dir():
         _render_dir(model, layer, units, output, size, steps, seed, objective, batch, cache, cache_dir,
                     executor, address, jobs)
@@ -56,8 +59,7 @@ def render_cmd(
     check_output(output, (".png",) if raw else (".png", ".svg"))
     if objective not in ("channel", "neuron"):
         raise WeightvizError(f"--objective must be 'channel' or 'neuron', got {objective!r}")
-    if size < 16:
-        raise WeightvizError(f"--size must be at least 16 pixels, got {size}")
+    check_size(size, "--size")
     m = load(model)
     get_module(m, layer)  # unknown layer -> close matches
     shape = _probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
@@ -66,7 +68,7 @@ def render_cmd(
         raise WeightvizError(f"no units selected by {units!r}")
     make = obj.channel if objective == "channel" else obj.neuron
     store = (RenderCache(cache_dir) if cache_dir is not None else True) if cache else None
-    result = render(m, [make(layer, u) for u in selected], size=size, steps=steps or DEFAULT_STEPS, seed=seed,
+    result = render(m, [make(layer, u) for u in selected], size=size, steps=DEFAULT_STEPS if steps is None else steps, seed=seed,
                     batch=batch, cache=store, progress=True)
     if raw:
         result.save(output, ncols=ncols)
@@ -75,20 +77,22 @@ def render_cmd(
 
         labels = [f"unit {u} ({v:.3g})" for u, v in zip(selected, result.values.tolist())]
         title = f"{model_name(m)} {layer}: {objective} feature visualizations ({result.steps} steps, seed {seed})"
-        image_grid(result.images, labels, ncols=ncols or min(len(selected), 8), title=title, cell=1.3).save(output)
+        image_grid(result.images, labels, ncols=min(len(selected), 8) if ncols is None else ncols, title=title, cell=1.3).save(output)
     n_cached = sum(result.cached)
     typer.echo(f"wrote {output} ({len(selected)} units of {layer}" + (f", {n_cached} from cache" if n_cached else "") + ")")
 
 
 def _render_dir(model, layer, units, output, size, steps, seed, objective, batch, cache, cache_dir,
                 executor, address, jobs) -> None:
-    from ..explore.bulk import render_dir
+    from ..explore.bulk import check_output_dir, render_dir
     from ..optvis.cache import RenderCache
 
     check_executor(executor, address, jobs)
-    if size < 16:
-        raise WeightvizError(f"--size must be at least 16 pixels, got {size}")
+    check_output_dir(output)  # before any work
     m = load(model)
+    from ..models import get_module
+
+    get_module(m, layer)  # unknown layer -> close matches, before the progress display starts
     store = (RenderCache(cache_dir) if cache_dir is not None else True) if cache else None
     with job_progress({"render": "feature visualizations"}) as progress:
         report = render_dir(m, layer, None if units.strip().lower() == "all" else units, output, size=size,

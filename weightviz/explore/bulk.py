@@ -98,7 +98,7 @@ def render_dir(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise WeightvizError(f"batch must be a positive integer, got {batch!r}")
     root = Path(out)
-    _check_dir(root)
+    check_output_dir(root)
     m = to_device(resolve(model), device)
     get_module(m, layer)  # unknown layer -> close matches
     shape = _probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
@@ -146,7 +146,7 @@ def render_dir(
     return report
 
 
-def _check_dir(root: Path) -> None:
+def check_output_dir(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise WeightvizError(f"output {str(root)!r} exists and is not a directory; give a directory for one PNG per unit")
     if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():

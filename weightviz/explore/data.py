@@ -74,8 +74,9 @@ class ExploreConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
-        if self.size < 16:
-            raise WeightvizError(f"FV size must be at least 16 pixels, got {self.size}")
+        from .._limits import check_size
+
+        check_size(self.size, "FV size")
         if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
             raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
 
@@ -169,6 +170,34 @@ class Source:
     kind: str
 
 
+class Cancelled(RuntimeError):
+    """Raised inside computations of an :class:`Explorer` after :meth:`Explorer.cancel` (shutdown)."""
+
+
+class _ComputeLock:
+    """The re-entrant lock every model computation of an :class:`Explorer` takes; once ``cancel`` is set,
+    entering it raises :class:`Cancelled`, so queued computations stop instead of running one by one."""
+
+    def __init__(self, cancel: threading.Event):
+        self._lock = threading.RLock()
+        self._cancel = cancel
+
+    def __enter__(self) -> _ComputeLock:
+        self._lock.acquire()
+        if self._cancel.is_set():
+            self._lock.release()
+            raise Cancelled("the explorer is shutting down")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def wait_idle(self) -> None:
+        """Block until no computation holds the lock (the one running, if any, has finished)."""
+        with self._lock:
+            pass
+
+
 class Explorer:
     """A model plus the explored layers/units and :class:`ExploreConfig`; computes what pages show.
 
@@ -207,7 +236,8 @@ class Explorer:
         from ..optvis.render import _resolve_cache
 
         self.render_cache = _resolve_cache(render_cache)
-        self.compute_lock = threading.RLock()
+        self.cancelled = threading.Event()
+        self.compute_lock = _ComputeLock(self.cancelled)
         self._memo: dict[str, OrderedDict] = {}
         self._memo_lock = threading.Lock()
         self._key_locks = KeyLocks()
@@ -548,10 +578,24 @@ class Explorer:
         from ..optvis.render import render
 
         cfg = self.config
+
+        def stop_if_cancelled(*_) -> None:  # after every optimization step: shutdown does not wait for a render
+            if self.cancelled.is_set():
+                raise Cancelled("the explorer is shutting down")
+
         with self.compute_lock:
             result = render(self.model, objectives, size=cfg.size, steps=cfg.steps, seed=cfg.seed,
-                            batch=cfg.batch, progress=False, cache=self.render_cache)
+                            batch=cfg.batch, progress=False, cache=self.render_cache, callback=stop_if_cancelled)
         return result.images
+
+    def cancel(self) -> None:
+        """Stop: computations running now end at their next step (renders) or finish (others); later ones
+        raise :class:`Cancelled`. Returns when none is running. :meth:`resume` undoes it."""
+        self.cancelled.set()
+        self.compute_lock.wait_idle()
+
+    def resume(self) -> None:
+        self.cancelled.clear()
 
 
 Linker = Callable[[str, int], "str | None"]

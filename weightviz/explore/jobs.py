@@ -204,11 +204,25 @@ class ProcessExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Stop now (an error or Ctrl-C in the caller): cancel the queued jobs and terminate the workers
+        instead of waiting for the jobs they run. Outputs are written atomically, so a job cut short
+        leaves nothing half-written and is simply not done."""
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())  # CPython's worker table
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=60)
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 EXECUTORS = ("local", "ray")

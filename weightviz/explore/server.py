@@ -9,6 +9,11 @@ layer (``?src=LAYER``).
 - Anything outside the layout (``../``, absolute or encoded escapes), an unknown layer, a unit out of
   range or a bad ``?src=`` answers a 404 page that says what was wrong; unexpected errors answer a 500
   page with one line, never a traceback.
+- Methods other than GET and HEAD answer 405 with ``Allow: GET, HEAD``.
+- Stopping (Ctrl-C / SIGTERM in :func:`serve`, or ``shutdown()`` + ``server_close()``) is prompt by
+  construction: the serve loop polls every 0.1 s, a render in progress stops at its next optimization
+  step, queued computations are cancelled, and requests still waiting answer 503; no thread is left
+  inside torch when the process exits.
 - Results are cached in SQLite keyed by the model hash (:class:`~.store.SqliteCache`); concurrent
   requests for the same value compute it once. Feature visualizations requested at about the same
   time (the images of one page) are rendered together in one batch by a single render thread.
@@ -21,11 +26,14 @@ layer (``?src=LAYER``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -37,7 +45,7 @@ from torch import nn
 from ..errors import WeightvizError
 from . import _png, pages
 from . import paths as P
-from .data import ExploreConfig, Explorer
+from .data import Cancelled, ExploreConfig, Explorer
 from .jobs import FORMAT_VERSION
 from .store import SqliteCache
 
@@ -66,6 +74,7 @@ class RenderQueue:
         self._pending: OrderedDict[str, tuple[str, str, Any, cf.Future]] = OrderedDict()
         self._closed = False
         self.batches = 0
+        self.log: Any = None  # ``log(line)`` before each batch (the server's --verbose)
         self._thread = threading.Thread(target=self._loop, name="weightviz-render", daemon=True)
         self._thread.start()
 
@@ -77,7 +86,7 @@ class RenderQueue:
             return value
         with self._cv:
             if self._closed:
-                raise RuntimeError("the server is shutting down")
+                raise Cancelled("the server is shutting down")
             item = self._pending.get(key)
             if item is None:
                 item = (layer, kind, what, cf.Future())
@@ -86,17 +95,27 @@ class RenderQueue:
         return item[3].result()
 
     def _take(self) -> list[tuple[str, tuple]]:
-        with self._cv:
-            while not self._pending and not self._closed:
-                self._cv.wait()
-            if self._closed:
-                return []
-        time.sleep(self.gather_s)  # let the other images of the same page arrive
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return []
+            self._gather()
+            with self._cv:
+                if self._closed:
+                    return []
+                if self._pending:
+                    break
         with self._cv:
             first = next(iter(self._pending.values()))
             group = (first[0], first[1])
             batch = [(k, v) for k, v in self._pending.items() if (v[0], v[1]) == group][: self.ex.config.batch]
         return batch
+
+    def _gather(self) -> None:
+        """Before taking a batch: let the other images of the same page arrive."""
+        time.sleep(self.gather_s)
 
     def _loop(self) -> None:
         while True:
@@ -104,6 +123,8 @@ class RenderQueue:
             if not batch:
                 return
             layer, kind = batch[0][1][0], batch[0][1][1]
+            if self.log is not None:
+                self.log(f"rendering {len(batch)} {kind} feature visualization(s) of {layer}")
             try:
                 if kind == "unit":
                     images = self.ex.render_units(layer, [v[2] for _, v in batch])
@@ -121,19 +142,24 @@ class RenderQueue:
             with self._cv:
                 for k, v in batch:
                     self._pending.pop(k, None)
+                    if v[3].done():  # already failed by close()
+                        continue
                     if error is None:
                         v[3].set_result(results[k])
                     else:
                         v[3].set_exception(error)
 
     def close(self) -> None:
+        """Fail every queued render with :class:`Cancelled` and stop the worker thread. The caller cancels
+        the explorer first (:meth:`Explorer.cancel`), so a render in progress ends at its next step."""
         with self._cv:
             self._closed = True
             for _, v in self._pending.items():
-                v[3].set_exception(RuntimeError("the server is shutting down"))
+                if not v[3].done():
+                    v[3].set_exception(Cancelled("the server is shutting down"))
             self._pending.clear()
             self._cv.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=600)  # bounded by one optimization step once the explorer is cancelled
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -151,6 +177,9 @@ class ExplorerApp:
 
             cache = SqliteCache(default_cache_dir() / "explorer.sqlite", explorer.hash)
         self.cache = cache
+        self._closing = False
+        self._active = 0  # requests being answered
+        self._idle = threading.Condition()
         self.renders = RenderQueue(explorer, cache)
         self._slugs = {P.slug(n): n for n in explorer.all_layers}
         cfg = explorer.config
@@ -161,7 +190,17 @@ class ExplorerApp:
         return self.cache.computed
 
     def close(self) -> None:
-        self.renders.close()
+        """Stop computing: new requests answer 503, computations in progress are cancelled (a render at
+        its next step), and this returns once no request is computing any more."""
+        with self._idle:
+            if self._closing:
+                return
+            self._closing = True
+        self.ex.cancel()          # running renders stop at their next step, queued computations raise
+        self.renders.close()      # queued renders fail; the render thread ends
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=600)
+        self.ex.resume()          # the Explorer object may be used again (e.g. by another server)
 
     # --------------------------------------------------------------------------------- lookup
     def _layer(self, slug: str | None) -> str:
@@ -185,8 +224,29 @@ class ExplorerApp:
         return "|".join(str(p) for p in parts) + "|" + self._cfg
 
     # -------------------------------------------------------------------------------- handling
+    @contextlib.contextmanager
+    def request(self) -> Iterator[bool]:
+        """Hold while answering one request (computing and writing it): :meth:`close` waits for every
+        request held. Yields ``False`` once the server is stopping (answer 503 without computing)."""
+        with self._idle:
+            if self._closing:
+                yield False
+                return
+            self._active += 1
+        try:
+            yield True
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def unavailable(self) -> tuple[int, str, bytes]:
+        return 503, _TYPES[".html"], self._error("The server is shutting down.", 503)
+
     def handle(self, target: str) -> tuple[int, str, bytes]:
         """Answer a request target (path and query). Never raises."""
+        if self._closing:
+            return self.unavailable()
         try:
             split = urlsplit(target)
             route = P.parse(split.path)
@@ -198,6 +258,8 @@ class ExplorerApp:
             return 404, _TYPES[".html"], self._error(str(e), 404)
         except WeightvizError as e:
             return 404, _TYPES[".html"], self._error(str(e), 404)
+        except Cancelled:
+            return self.unavailable()
         except Exception as e:  # noqa: BLE001 - a page, never a traceback
             line = (str(e).strip().splitlines() or [""])[0][:300]
             print(f"weightviz serve: error on {target!r}: {type(e).__name__}: {line}", file=sys.stderr)
@@ -302,9 +364,26 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(head=True)
 
+    def _not_allowed(self) -> None:
+        body = b"<!doctype html><title>405</title><p>Method not allowed: this server only answers GET and HEAD.</p>"
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", _TYPES[".html"])
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True  # a request body, if any, is not read
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+
     def _answer(self, head: bool) -> None:
         app: ExplorerApp = self.server.app  # type: ignore[attr-defined]
-        status, ctype, body = app.handle(self.path)
+        with app.request() as open_:
+            status, ctype, body = app.handle(self.path) if open_ else app.unavailable()
+            self._send(status, ctype, body, head)
+
+    def _send(self, status: int, ctype: str, body: bytes, head: bool) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -332,11 +411,17 @@ class ExplorerServer(ThreadingHTTPServer):
             raise WeightvizError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None
         self.app = app
         self.verbose = verbose
+        if verbose:
+            app.renders.log = lambda line: print(f"weightviz serve: {line}", file=sys.stderr, flush=True)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
+        """Serve until :meth:`shutdown`; the loop checks for it every ``poll_interval`` seconds."""
+        super().serve_forever(poll_interval)
 
     def server_close(self) -> None:
         super().server_close()
@@ -370,13 +455,27 @@ def make_server(
 
 def serve(model: nn.Module | str | Explorer | None, host: str = "127.0.0.1", port: int = 8000,
           announce=print, **kwargs) -> None:
-    """Serve the explorer until Ctrl-C."""
+    """Serve the explorer until Ctrl-C (SIGINT) or SIGTERM, then stop cleanly and return.
+
+    In the main thread, the signals do not raise ``KeyboardInterrupt`` into whatever is running: their
+    handler asks the serve loop to stop (from a helper thread, as ``shutdown()`` waits for the loop), the
+    loop notices within 0.1 s, and :meth:`ExplorerServer.server_close` cancels the work in flight.
+    """
     server = make_server(model, host, port, **kwargs)
-    announce(f"weightviz explorer for {server.app.ex.name} at {server.url} (Ctrl-C to stop)")
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def stop(_signum, _frame) -> None:
+            threading.Thread(target=server.shutdown, name="weightviz-stop", daemon=True).start()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop)
     try:
+        announce(f"weightviz explorer for {server.app.ex.name} at {server.url} (Ctrl-C to stop)")
         server.serve_forever()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # not in the main thread, or a signal before the handlers were set
         pass
     finally:
         server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 

@@ -21,9 +21,11 @@ PosixPath('site/index.html')
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from .jobs import Job, SerialExecutor, execute, executor_name, make_executor, wo
 __all__ = ["BuildReport", "build_site", "check_root", "plan_pages", "produce_job", "run_job", "site_executor"]
 
 MARKER = ".weightviz/site.json"
+#: Held (``flock``) by the build writing the site: a second build of the same directory waits for it.
+LOCK = ".weightviz/build.lock"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -104,6 +108,7 @@ def build_site(
     executor: Any = "local",
     address: str | None = None,
     device: str | torch.device | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the static explorer site for ``model`` in directory ``out``.
 
@@ -117,6 +122,10 @@ def build_site(
     ``progress(stage, done, total)`` is called as jobs finish. ``out`` must be new, empty, or an earlier
     weightviz site. Returns a :class:`BuildReport`; open ``report.index`` in a browser. The files are
     the same, byte for byte, whichever executor ran the jobs.
+
+    Two builds of one directory never run at once: a build holds a lock on the site (:data:`LOCK`); a
+    second one calls ``on_wait(line)`` (default: print the line on stderr), waits, and then finds the
+    finished work already done (it only builds what is missing).
     """
     from .._device import to_device
 
@@ -127,7 +136,43 @@ def build_site(
         to_device(model, device)
     ex = explorer or Explorer(model, layers, units, config=config, render_cache=render_cache, name=name)
     to_device(ex.model, device)
-    root.mkdir(parents=True, exist_ok=True)
+    (root / LOCK).parent.mkdir(parents=True, exist_ok=True)
+    with site_lock(root, on_wait):
+        check_root(root)
+        return _build(ex, root, jobs, progress, t0, executor, address)
+
+
+@contextlib.contextmanager
+def site_lock(root: Path, on_wait: Callable[[str], None] | None = None):
+    """Hold the build lock of site ``root`` (``fcntl.flock`` on :data:`LOCK`; released when the block
+    ends or the process dies). If another process holds it, ``on_wait(line)`` then wait for it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): builds are not serialized
+        yield
+        return
+    path = root / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WeightvizError(f"cannot create the build lock {str(path)!r}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            line = f"another weightviz build is writing {str(root)!r}; waiting for it to finish"
+            if on_wait is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                on_wait(line)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build(ex: Explorer, root: Path, jobs: int | None, progress: Progress | None, t0: float,
+           executor: Any, address: str | None) -> BuildReport:
     _write_assets(root)
     _write_marker(root, ex)
     report = BuildReport(root)
@@ -166,10 +211,14 @@ def build_site(
         _run(SerialExecutor(ex) if remote else executor, pjobs, root, report, "page", progress, False)
         report.seconds["page"] = time.perf_counter() - t
         report.pages = len(pages_set)
-    finally:
+    except BaseException:  # an error or Ctrl-C: do not wait for the jobs the workers are running
         report.retried = int(getattr(executor, "retried", 0))
         if own:
-            executor.close()
+            getattr(executor, "abort", executor.close)()
+        raise
+    report.retried = int(getattr(executor, "retried", 0))
+    if own:
+        executor.close()
     return report
 
 
@@ -232,7 +281,7 @@ def _with_vectors(job: Job, data: dict[str, dict]) -> Job:
 def check_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise WeightvizError(f"output {str(root)!r} exists and is not a directory; choose a directory for the site")
-    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file() and not (root / LOCK).is_file():
         raise WeightvizError(
             f"output directory {str(root)!r} is not empty and is not a weightviz site; choose a new or empty "
             "directory (an earlier site there is updated in place)"

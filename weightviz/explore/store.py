@@ -106,7 +106,7 @@ class SqliteCache:
                 )
         except sqlite3.DatabaseError as e:
             raise WeightvizError(
-                f"cannot use {self.path!r} as the explorer cache ({e}); delete it or pass another --cache"
+                f"cannot use {self.path!r} as the explorer cache ({e}); delete it or choose another file (--db)"
             ) from None
 
     # ------------------------------------------------------------------------------ connections

@@ -7,6 +7,7 @@ the explorer read it, so adding a figure is one decorated function.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from ._core import DIVERGING, DIVERGING_STOPS, Figure, as_images, heatmap, heatmap_grid, image_grid
@@ -15,11 +16,25 @@ FIGURES: dict[str, Callable[..., Figure]] = {}
 
 
 def register_figure(name: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
-    """Decorator adding a figure builder to :data:`FIGURES` under ``name`` (CLI: ``weightviz figure NAME``)."""
+    """Decorator adding a figure builder to :data:`FIGURES` under ``name`` (CLI: ``weightviz figure NAME``).
+
+    The builder's first argument is the model (module or spec): it is resolved once here (NaN weights
+    refused), and a figure of a randomly initialized model gets a "random init" footer.
+    """
 
     def deco(fn: Callable[..., Figure]) -> Callable[..., Figure]:
-        FIGURES[name] = fn
-        return fn
+        @functools.wraps(fn)
+        def build(model=None, *args, **kwargs) -> Figure:
+            from ..models import is_random_init, resolve
+
+            model = resolve(model)
+            fig = fn(model, *args, **kwargs)
+            if is_random_init(model):
+                fig.mark_random_init()
+            return fig
+
+        FIGURES[name] = build
+        return build
 
     return deco
 

@@ -74,6 +74,31 @@ class Figure:
         self.fig.savefig(buf, format="svg", facecolor="white")
         return buf.getvalue()
 
+    def add_footer(self, text: str, strip: float = 0.22) -> None:
+        """Add a ``strip`` inch band under the figure holding ``text`` (small, red, left-aligned); the
+        figure grows by the band, everything already drawn keeps its size and place."""
+        w, h = self.fig.get_size_inches()
+        new_h = h + strip
+
+        def remap(y: float) -> float:  # figure fraction in the old figure -> in the taller one
+            return (y * h + strip) / new_h
+
+        for ax in self.fig.axes:
+            pos = ax.get_position()
+            ax.set_position([pos.x0, remap(pos.y0), pos.width, pos.height * h / new_h])
+        for t in [*self.fig.texts, *([self.fig._suptitle] if self.fig._suptitle is not None else [])]:
+            if t.get_transform() == self.fig.transFigure:
+                x, y = t.get_position()
+                t.set_position((x, remap(y)))
+        self.fig.set_size_inches(w, new_h)
+        self.fig.text(0.01, 0.5 * strip / new_h, text, fontsize=7, color="#b2182b", ha="left", va="center")
+
+    def mark_random_init(self) -> None:
+        """Say on the figure (footer) and in ``data["random_init"]`` that its model is randomly initialized."""
+        if not self.data.get("random_init"):
+            self.data["random_init"] = True
+            self.add_footer("random init: this model was built without a weights file (pass ARCH@file)")
+
     def _repr_png_(self) -> bytes:  # Jupyter inline display
         return self.to_png()
 

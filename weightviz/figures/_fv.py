@@ -38,8 +38,9 @@ class FVOptions:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 16 <= self.size <= 1024:
-            raise WeightvizError(f"FV size must be an integer in 16..1024 pixels, got {self.size!r}")
+        from .._limits import check_size
+
+        check_size(self.size, "FV size")
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)
                                        or self.steps < 1):
             raise WeightvizError(f"FV steps must be a positive integer or None (render default), got {self.steps!r}")

@@ -141,13 +141,17 @@ class _RedirectedClamp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo, hi):
-        ctx.save_for_backward(x)
+        out = x.clamp(lo, hi)
+        # saves the output, not the input (as torch's own relu/clamp do): the model may change the input in
+        # place afterwards (``a = conv(x); y = f(relu(a)); a.add_(y)``). The clamp is monotone, so the output
+        # tells the same regions: x <= lo iff out <= lo, x >= hi iff out >= hi, lo < x < hi iff lo < out < hi
+        ctx.save_for_backward(out)
         ctx.lo, ctx.hi = lo, hi
-        return x.clamp(lo, hi)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
+        (x,) = ctx.saved_tensors   # the clamped output (see forward)
         lo, hi = ctx.lo, ctx.hi
         shape = g.shape
         if g.dim() == 0:  # a scalar is one batch item

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._limits import MAX_SIZE, MIN_SIZE, check_size
 from ..errors import WeightvizError
 from ..models import input_spec, model_hash, resolve
 from ._hooks import Capture, RedirectReLU, activations, frozen
@@ -34,7 +35,8 @@ from .objectives import Objective
 from .param import FourierImage
 from .transforms import TransformConfig, apply_transform, sample_transform
 
-__all__ = ["DEFAULT_STEPS", "ENGINE_VERSION", "RenderResult", "activations", "render"]
+__all__ = ["DEFAULT_STEPS", "ENGINE_VERSION", "MAX_SIZE", "MIN_SIZE", "RenderResult", "activations", "check_size",
+           "render"]
 
 #: Default number of optimization steps, chosen by measurement (benchmarks/steps.py, BENCHMARKS.md): the
 #: fewest steps reaching >= 90 % of the 512-step activation for lite0 channels at three depths.
@@ -169,9 +171,7 @@ def render(
     torch.Size([4, 3, 128, 128])
     """
     objs, _single = _as_objectives(objective)
-    size = _positive_int(size, "size")
-    if size < 16:
-        raise WeightvizError(f"size must be at least 16 pixels, got {size}")
+    size = check_size(size)
     steps = _positive_int(steps, "steps")
     batch = _DEFAULT_BATCH if batch is None else _positive_int(batch, "batch")
     if isinstance(seed, bool) or not isinstance(seed, int):
