@@ -24,7 +24,7 @@ def expand_cmd(
     input_size: int = count_option(None, "--input-size", help="Force the input side (default: the smallest "
                                    "that holds the receptive field)."),
     gate: float = typer.Option(0.5, "--gate", help="Constant that sigmoid gates (squeeze-excite) are frozen to."),
-    token: int = typer.Option(None, "--token", "-t", help="Token layers (ViT, Swin): target token of DST by index "
+    token: int = typer.Option(None, "--token", "-t", min=0, help="Token layers (ViT, Swin): target token of DST by index "
                               "(0: the class token; default: the centre patch)."),
 ) -> None:
     """Expanded weights from SRC to DST: the linear map through everything in between, with ReLU-like

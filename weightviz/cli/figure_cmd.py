@@ -204,7 +204,7 @@ def token_weights_cmd(
     unit: int = typer.Argument(..., help="Unit (channel) of DST."),
     output: Path = _OUT,
     k: int = count_option(8, "--top", "-k", help="Number of source channels shown, strongest first."),
-    token: int = typer.Option(None, "--token", "-t", help="Target token of DST by index (0: the class "
+    token: int = typer.Option(None, "--token", "-t", min=0, help="Target token of DST by index (0: the class "
                               "token; default: the centre patch)."),
     size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
 ) -> None:
