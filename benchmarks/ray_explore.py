@@ -7,11 +7,11 @@
 3. whole-model atlases (``--all``): explorable layers, units, FVs and jobs of lite0 and ResNet-50
    (counted from the plan: unit FVs + one FV per weight factor per source);
 4. measured cost of one render job (32 FVs) at the default quality (128 px, 256 steps: measured on a
-   batch of 4 and scaled to 32, FV cost is linear in the batch on CPU) and at 64 px / 64 steps;
+   batch of 2 and scaled to 32, FV cost is close to linear in the batch on CPU) and at 64 px / 64 steps;
 5. a measured fraction of the lite0 atlas at 64 px / 64 steps on Ray (2 workers): wall time, size,
    and the extrapolation to the full atlas here and on N workers.
 
-Usage: python benchmarks/ray_explore.py [--skip-fraction] [--skip-counts]
+Usage: python benchmarks/ray_explore.py [--sections 1,2,3,4,5] [--plan LITE0_UNITS,LITE0_FVS,RESNET50_FVS]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import weightviz as wv
 from weightviz.explore import ExploreConfig, Explorer, RayExecutor, SerialExecutor, build_site, explorable
 from weightviz.explore.jobs import Job
 
-SMALL = dict(layers="blocks.2.0,blocks.3.0", units="0:6")
-SMALL_CFG = ExploreConfig(size=32, steps=16, batch=8)
+SMALL = dict(layers="blocks.1.0,blocks.2.0", units="0:2")
+SMALL_CFG = ExploreConfig(size=16, steps=8, batch=8)
 
 
 def _noop(_state, job):
@@ -44,7 +44,8 @@ def _size(root: Path) -> tuple[int, int]:
 
 
 def small_site(model, tmp: Path) -> None:
-    print("\n## 1. jobs/s on the same small site (lite0 blocks.2.0,blocks.3.0 units 0:6, 32 px, 16 steps)")
+    print(f"\n## 1. jobs/s on the same small site (lite0 {SMALL['layers']} units {SMALL['units']}, "
+          f"{SMALL_CFG.size} px, {SMALL_CFG.steps} steps, batch {SMALL_CFG.batch})")
     rows = []
     for name, kw in [("local (this process)", {"executor": "local"}),
                      ("ray, 1 worker", {"executor": "ray", "jobs": 1}),
@@ -103,20 +104,19 @@ def job_cost(model) -> dict[str, float]:
     print("\n## 4. cost of one render job (lite0 blocks.4.0, 32 FVs per job), this process, 2 torch threads")
     objs = [wv.objectives.channel("blocks.4.0", u) for u in range(32)]
     t = time.perf_counter()
-    wv.render(model, objs[:4], size=128, steps=256, batch=4, progress=False)
-    default = (time.perf_counter() - t) * 8
+    wv.render(model, objs[:2], size=128, steps=256, batch=2, progress=False)
+    default = (time.perf_counter() - t) * 16
     t = time.perf_counter()
     wv.render(model, objs, size=64, steps=64, batch=32, progress=False)
     reduced = time.perf_counter() - t
-    print(f"  default quality (128 px, 256 steps): {default:.0f} s per job (measured on 4 FVs, x8), "
+    print(f"  default quality (128 px, 256 steps): {default:.0f} s per job (measured on 2 FVs, x16), "
           f"{default / 32:.1f} s per FV")
     print(f"  reduced (64 px, 64 steps):          {reduced:.1f} s per job (measured on 32 FVs), {reduced / 32:.2f} s per FV")
     return {"default": default / 32, "reduced": reduced / 32}
 
 
-def fraction(model, tmp: Path, cost: dict[str, float], plan: dict[str, dict]) -> None:
+def fraction(model, tmp: Path, cost: dict[str, float], plan: dict[str, dict], layers: str) -> None:
     print("\n## 5. a measured fraction of the lite0 atlas at 64 px / 64 steps, Ray 2 workers")
-    layers = "blocks.1.0,blocks.1.1,blocks.2.0"
     cfg = ExploreConfig(size=64, steps=64)
     ex = Explorer(model, layers, None, config=cfg, render_cache=None, name="lite0")
     root = tmp / "fraction"
@@ -137,6 +137,8 @@ def fraction(model, tmp: Path, cost: dict[str, float], plan: dict[str, dict]) ->
         print(f"  EXTRAPOLATED full lite0 atlas at 64 px / 64 steps: {full['fvs']} FVs x {per_fv:.2f} s + "
               f"{full['units']} pages x {per_page:.2f} s = {est / 3600:.1f} h on this 2-core machine (2 workers), "
               f"~{size / 1e9:.1f} GB; on N such 2-worker machines ~{est / 3600:.1f}/N h")
+        if not cost:
+            return
         est_default = full["fvs"] * cost["default"]
         print(f"  EXTRAPOLATED at default quality: {full['fvs']} FVs x {cost['default']:.1f} s = "
               f"{est_default / 3600:.0f} CPU-hours (one 2-thread worker here); ResNet-50: "
@@ -146,9 +148,12 @@ def fraction(model, tmp: Path, cost: dict[str, float], plan: dict[str, dict]) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--skip-fraction", action="store_true")
-    ap.add_argument("--skip-counts", action="store_true")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="which sections to run, e.g. 1,2 or 4,5")
+    ap.add_argument("--plan", default=None, help="with section 5 but not 3: the counts section 3 printed, as "
+                    "LITE0_UNITS,LITE0_FVS,RESNET50_FVS")
+    ap.add_argument("--fraction-layers", default="blocks.1.0,blocks.1.1,blocks.2.0")
     args = ap.parse_args()
+    sections = {int(x) for x in args.sections.split(",")}
     import ray
 
     torch.set_num_threads(2)
@@ -160,12 +165,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wv-ray-bench-"))
     try:
         model = wv.load_model()
-        small_site(model, tmp)
-        overhead()
-        plan = {} if args.skip_counts else counts()
-        cost = job_cost(model)
-        if not args.skip_fraction:
-            fraction(model, tmp, cost, plan)
+        if 1 in sections:
+            small_site(model, tmp)
+        if 2 in sections:
+            overhead()
+        plan: dict[str, dict] = {}
+        if 3 in sections:
+            plan = counts()
+        elif args.plan:
+            lu, lf, rf = (int(x) for x in args.plan.split(","))
+            plan = {"efficientnet_lite0": {"units": lu, "fvs": lf}, "torchvision:resnet50": {"fvs": rf}}
+        cost = job_cost(model) if 4 in sections else {}
+        if 5 in sections:
+            fraction(model, tmp, cost, plan, args.fraction_layers)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

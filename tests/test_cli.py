@@ -70,6 +70,16 @@ def test_usage_errors_print_the_usage_line_and_one_error_line_exit_2(tmp_path, a
 
 
 def _no_model_loading(monkeypatch):
+    import importlib
+    import pkgutil
+
+    import weightviz.cli as cli
+
+    # import every CLI module first: one imported while `load` is patched would keep the patch for good
+    for info in pkgutil.iter_modules(cli.__path__):
+        if info.name != "__main__":
+            importlib.import_module(f"weightviz.cli.{info.name}")
+
     def refuse(spec):
         raise AssertionError(f"the model {spec!r} was loaded before the input was checked")
 
@@ -146,7 +156,7 @@ def test_every_count_option_of_every_command_has_a_lower_bound():
 @pytest.mark.parametrize("args, message", [
     (["render", M, L, "0:5:0", "-o", "{png}"], "step must not be 0"),
     (["render", M, L, "::0", "-o", "{png}"], "step must not be 0"),
-    (["render", M, L, "0:4", "-o", "{dir}"], "is a directory"),
+    (["render", M, L, "0:4", "-o", "{dir}"], "is a directory"),  # d.png: a bulk render needs a suffix-free name
     (["render", M, L, "0:4", "-o", "{jpg}"], "must end in one of .png, .svg"),
     (["render", M, L, "0:4", "-o", "{missing}"], "does not exist"),
     (["figure", "top-inputs", M, L, "5", "-o", "{dir}"], "is a directory"),

@@ -219,8 +219,13 @@ def test_rank_connections_hand_computed_and_bad_input():
     assert [(c.channel, c.sign) for c in got] == [(2, -1), (3, 1), (0, 1)]
     assert got[0].norm == pytest.approx(10 ** 0.5)
     assert torch.equal(got[1].weight, w[3])
-    with pytest.raises(WeightvizError, match=r"\[C_in, kh, kw\]"):
-        wv.rank_connections(torch.zeros(2, 3), 1)
+    # a token map [C_in, N] (between token layers) ranks the same way
+    t = torch.zeros(3, 5)
+    t[1, 2], t[2] = -2, 0.1
+    assert [(c.channel, c.sign) for c in wv.rank_connections(t)] == [(1, -1), (2, 1), (0, 0)]
+    for bad in (torch.zeros(6), torch.zeros(2, 3, 4, 5)):
+        with pytest.raises(WeightvizError, match=r"\[C_in, kh, kw\]"):
+            wv.rank_connections(bad, 1)
     with pytest.raises(WeightvizError, match="positive int"):
         wv.rank_connections(w, 0)
 
@@ -284,8 +289,9 @@ def test_no_route_and_unlinearizable_op_between(googlenet):
         def forward(self, x):
             return self.b(torch.softmax(self.a(x), dim=1))
 
-    with pytest.raises(WeightvizError, match="torch.softmax"):
-        wv.expanded_weights(Soft().eval(), "a", "b")
+    # a softmax is frozen at its mean over the images (like a sigmoid gate): no route is left through it
+    with pytest.raises(WeightvizError, match="does not depend"):
+        wv.expanded_weights(Soft().eval(), "a", "b", images=torch.randn(4, 3, 16, 16))
 
 
 def test_custom_autograd_function_is_refused():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import _compose, _cone, _geometry, _trace
+from . import _compose, _cone, _geometry, _norms, _trace
 from ._trace import _grad_capable
 from .errors import WeightvizError
 from .linear import DEFAULT_GATE
@@ -120,7 +120,8 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
         t = None
         ys = [out[0].sum()]
     else:
-        raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)}")
+        raise WeightvizError(f"dst {dst!r} must output [B, C, H, W] or [B, C], got {list(out.shape)} (a token "
+                             "layer has no receptive field: expanded_weights gives maps over all its tokens)")
     g = []
     for y in ys:   # each like z: [1, C, H, W]; the first backward also records the conv cones
         g.append(torch.autograd.grad(y, z, retain_graph=True)[0])
@@ -209,12 +210,25 @@ def receptive_field(
 
 def _field(model, src, dst, input_size, target=None, keep: list | None = None) -> ReceptiveField:
     """The (cached) field; ``keep``: a list that receives ``(trace, tape)`` of the real value-mode forward
-    (gate 0.5) at the size found when the search ran one (so the caller's weights need no second forward)."""
+    (gate 0.5) at the size found when the search ran one and it froze no norm or attention call (so the
+    caller's weights need no second forward)."""
     cache = _RF_CACHE.setdefault(model, {})
     stamp = _structure_stamp(model)
     key = (stamp, src, dst, input_size, target)
     if key in cache:
         return cache[key]
+    # the field depends on no value: every forward of the search (geometry trace, tape and structural probes)
+    # runs with norms dividing by 1 and unmeasured attention patterns all ones, whatever statistics the caller
+    # (expanded_weights) has active; so no statistics are measured for it, and no pattern measured at one
+    # input size is asked for at another
+    with _norms.using(_norms.FrozenStats(mode="unit", measured=True, reach=True)):
+        rf = _search_field(model, src, dst, input_size, target, keep)
+    cache[key] = rf
+    return rf
+
+
+def _search_field(model, src, dst, input_size, target, keep) -> ReceptiveField:
+    """The field at ``input_size``, at the model's fixed size, or from the search for the border-free size."""
 
     def probe(n):
         return _probe(model, src, dst, n, target)
@@ -240,7 +254,6 @@ def _field(model, src, dst, input_size, target=None, keep: list | None = None) -
         rf = _fast_search(model, src, dst, target, keep) if _trace.COMPOSE else None
         if rf is None:
             rf = _search(probe, src, dst)
-    cache[key] = rf
     return rf
 
 
@@ -311,8 +324,8 @@ def _fast_search(model, src, dst, target, keep: list | None = None) -> Receptive
     trace, tape = hit
     if _from_tape(trace, tape, dst, rf.input_size, target) != rf:
         return None
-    if keep is not None:
-        keep.append((trace, tape))
+    if keep is not None and not trace.lin.froze:   # values under the field's unit stats: kept only if no norm
+        keep.append((trace, tape))                 # or attention call was frozen in it
     return rf
 
 

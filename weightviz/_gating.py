@@ -74,7 +74,7 @@ class GateRules:
     def _gate_only_op(self, func, args, kwargs):
         """amax/max/...: run as is and mark the result gate-only (it must not reach the measured layer)."""
         msg = str(self._fail(func, "it is nonlinear; it is allowed only where its result feeds nothing but "
-                                   "a sigmoid gate (frozen to a constant, so that branch drops out)"))
+                                   "a sigmoid gate or a softmax (frozen, so that branch drops out)"))
         out = self._run(func, args, kwargs)
         for t in _leaves(out):
             if self.is_tracked(t):

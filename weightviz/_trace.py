@@ -103,8 +103,8 @@ def forward(
         if trace.z is not None:
             raise WeightvizError(f"layer {src!r} runs more than once in one forward (a reused module); choose "
                                  "a layer that runs once")
-        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
-            raise WeightvizError(f"layer {src!r} must output a tensor [B, C, H, W] or [B, C], got "
+        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3, 4):
+            raise WeightvizError(f"layer {src!r} must output a tensor [B, C, H, W], [B, N, C] or [B, C], got "
                                  f"{_describe(out)}; choose another src")
         if prefix is not None:
             prefix.finish(out)

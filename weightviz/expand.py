@@ -47,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _compose, _trace
+from . import _compose, _norms, _tokens, _trace
 from ._field import ReceptiveField, _check_layers, _field, receptive_field
 from ._trace import _device_dtype, _grad_capable, _NewMerge, _Trace
 from ._trace import forward as _forward
 from .errors import WeightvizError
 from .linear import DEFAULT_GATE
-from .models import parse_units, resolve, weights
+from .models import fixed_input_size, input_spec, layers, parse_units, resolve, weights
 
 __all__ = ["Connection", "Expanded", "ReceptiveField", "expanded_weights", "rank_connections", "receptive_field",
            "top_inputs"]
@@ -235,6 +235,9 @@ def expanded_weights(
     via: str | None = None,
     top: int | None = None,
     gate: float = DEFAULT_GATE,
+    norm_scale: str | dict = "data",
+    images=None,
+    token: int | tuple[int, int] | None = None,
 ) -> torch.Tensor | Expanded:
     """Expanded weights from layer ``src`` to layer ``dst``: ``[U, C_src, K, K]``.
 
@@ -257,6 +260,17 @@ def expanded_weights(
     ``gate`` is the constant that sigmoid gates (squeeze-excite) are frozen to. ``input_size`` forces the
     input side (the field may then be truncated: ``Expanded.field.truncated``).
 
+    Norm layers (layer/group/RMS norm) and attention are frozen at statistics measured on ``images``
+    (a tensor ``[N, C, H, W]`` prepared for the model, an ImageSet or a folder; default the first 32
+    embedded images), see :mod:`weightviz.linear`: ``norm_scale="data"`` divides by the mean per-position
+    std of each norm call, ``"unit"`` by 1, a dict ``{norm call: scale}`` by your own.
+
+    Token layers (``[B, N, C]`` ViT tokens, ``[B, H, W, C]`` channels-last Swin / ConvNeXt insides) as
+    ``src`` or ``dst``: the result is ``[U, C_src, N_src]``, the weight from ``src`` channel ``c`` at every
+    token ``t`` (``src``'s own token order, class token first) to ``dst`` unit ``u`` at the target token
+    (``token``: a raw token index, ``0`` = the class token, or a ``(y, x)`` patch position; default the
+    centre patch), at the model's fixed input size (attention patterns are frozen at that size).
+
     Raises :class:`WeightvizError` for unknown layers (with close names), units out of range, ``dst``
     not after ``src``, no route between them, or an op on the way that cannot be linearized.
 
@@ -278,6 +292,33 @@ def expanded_weights(
         raise WeightvizError(f"top={top!r} needs via=LAYER and a positive int")
     if not isinstance(gate, (int, float)) or not math.isfinite(gate):
         raise WeightvizError(f"gate must be a finite number, got {gate!r}")
+    fixed = fixed_input_size(model)
+    stats = _norms.resolve(model, norm_scale, images, size=fixed)
+    while True:
+        try:
+            with _norms.using(stats):
+                return _expanded(model, src, dst, units, input_size, paths, via, top, gate, token, stats)
+        except _norms.NeedStats:   # a norm/attention call the statistics were not measured for yet
+            if stats.measured:
+                raise WeightvizError("internal: frozen statistics incomplete after measuring") from None
+            stats = _norms.measured(stats, model, images, fixed)
+
+
+def _expanded(model, src, dst, units, input_size, paths, via, top, gate, token, stats):
+    size = input_size or fixed_input_size(model) or (stats.size if stats.patterns else None)
+    # token layers occur in models with norm / attention modules (others skip the shape probe)
+    table = layers(model, size) if _norms.needs_stats(model) else None
+    shapes = [table[n].out_shape if n in table else None for n in (src, dst) if n is not None] if table else []
+    if any(sh is not None and _tokens.layout(sh).is_token for sh in shapes):
+        if paths or via is not None:
+            raise WeightvizError("paths= and via= are not available between token layers; drop them")
+        size = size or input_spec(model).size
+        lay = _tokens.layout(table[dst].out_shape)
+        units = parse_units(units, lay.channels, what=f"layer {dst!r}")
+        return _tokens.expand(model, src, dst, units, token=token, size=size, gate=gate, forward=_forward)
+    if token is not None:
+        raise WeightvizError(f"token={token!r} is for token layers ([B, N, C] or [B, H, W, C]); {dst!r} outputs a "
+                             "conv map: drop token")
     kept: list = []
     rf = _field(model, src, dst, input_size, keep=kept)
     units = parse_units(units, rf.dst_shape[0], what=f"layer {dst!r}")
@@ -457,7 +498,8 @@ def top_inputs(
 
 
 def rank_connections(w: torch.Tensor, k: int | None = None) -> list[Connection]:
-    """Rank the slices of one unit's (direct or expanded) weights ``w`` ``[C_in, kh, kw]`` by L2 norm,
+    """Rank the slices of one unit's (direct or expanded) weights ``w`` ``[C_in, kh, kw]`` (or token
+    maps ``[C_in, N]`` between token layers) by L2 norm,
     descending, as :class:`Connection` (the ranking of :func:`top_inputs`, for weights already computed,
     e.g. one row of a batched :func:`expanded_weights` call). ``k``: keep the first k (default all).
 
@@ -466,8 +508,9 @@ def rank_connections(w: torch.Tensor, k: int | None = None) -> list[Connection]:
     >>> [(c.channel, c.sign) for c in wv.rank_connections(w, 2)]
     [(1, -1), (2, 1)]
     """
-    if not isinstance(w, torch.Tensor) or w.dim() != 3:
-        raise WeightvizError(f"rank_connections needs one unit's weights [C_in, kh, kw], got "
+    if not isinstance(w, torch.Tensor) or w.dim() not in (2, 3):
+        raise WeightvizError(f"rank_connections needs one unit's weights [C_in, kh, kw] (or a token map "
+                             f"[C_in, N]), got "
                              f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise WeightvizError(f"k must be a positive int, got {k!r}")

@@ -32,13 +32,33 @@ max_pool{1,2,3}d, adaptive_max_pool{1,2,3}d             avg_pool / adaptive_avg_
                                                         window, stride and padding (zero padding
                                                         counted, never -inf)
 batch_norm with running statistics (eval)               kept: it is affine
+layer_norm, rms_norm over the last dim (per position /  ``(x - mean_C(x)) / s * w + b`` (RMS norm:
+token); functional and module forms, timm LayerNorm2d   ``x / s * w``): the mean over the channels
+                                                        of each position stays (linear), the std
+                                                        becomes a frozen scale ``s``, one per norm
+                                                        call = mean over the image set of the
+                                                        per-position std (``norm_scale="data"``;
+                                                        ``"unit"``: s = 1; or a dict of your own)
+group_norm, layer_norm over several dims (statistics    ``(x - m) / s * w + b`` with mean ``m`` and
+over positions)                                         std ``s`` both frozen at their image-set
+                                                        means (like batch norm's running statistics:
+                                                        a mean over the map has no finite field)
+softmax, scaled_dot_product_attention (attention)       the frozen pattern: the mean over the image
+                                                        set of its probabilities (like the sigmoid
+                                                        gate, its input branch drops out); SDPA
+                                                        becomes ``P_mean @ V``. ``Q @ K^T`` (a
+                                                        product of two tracked tensors) is allowed
+                                                        only on its way into such a softmax
 ======================================================  =========================================
 
 The two self-gating / gate-only rows are implemented in :mod:`weightviz._gating`.
+Frozen statistics (:mod:`weightviz._norms`, stand-ins in :mod:`weightviz._frozen`) are measured by one
+pass of the real model over an image set (default: the first 32 embedded images), cached per model hash
+and image set; calls are named by the module that runs them (``blocks.0.norm1``, ``blocks.0.attn``).
 
 Linear ops (conv, linear, avg-pool, pad, interpolate, reshapes, slicing, add/sub/cat/stack, products
 and divisions where only one factor is tracked, ...) run unchanged. Any other op on a tracked tensor
-(softmax, layer_norm, group_norm, tanh, a product of two tracked tensors, ...) raises
+(tanh, a product of two tracked tensors that does not feed a softmax, ...) raises
 :class:`~weightviz.WeightvizError` naming the op. Ops on untracked tensors (everything computed before
 the tracked source, or independent of it) are never touched.
 
@@ -66,10 +86,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import _compose, _cone, _geometry
+from . import _compose, _cone, _geometry, _norms
 from ._calls import arg as _arg
 from ._calls import inplace_method as _inplace_method
 from ._calls import leaves as _leaves
+from ._frozen import LOGIT_PRODUCTS, FrozenOps
 from ._gating import GATE_ONLY, SELF_GATE_MUL, GateRules
 from .errors import WeightvizError
 
@@ -184,7 +205,7 @@ def _is_inplace(key: str, inplace_index: int | None, args: tuple, kwargs: dict) 
                                     and bool(_arg(args, kwargs, inplace_index, "inplace", False)))
 
 
-class Linearizer(GateRules, TorchFunctionMode):
+class Linearizer(GateRules, FrozenOps, TorchFunctionMode):
     """The torch-function mode behind :func:`linearized` (see the module docstring for the op table).
 
     Tracked tensors are those passed to :meth:`track` and every result computed from them. ``merge``,
@@ -196,12 +217,20 @@ class Linearizer(GateRules, TorchFunctionMode):
     def __init__(self, gate: float = DEFAULT_GATE, source: str = "the model input",
                  require_grad: bool = False, merge: Merge | None = None, structural: bool = False,
                  cones: list | None = None, tape: _compose.Tape | None = None, prefix: Any = None,
-                 shapes_only: bool = False):
+                 shapes_only: bool = False, stats: _norms.FrozenStats | None = None,
+                 names: _norms.CallNames | None = None):
         super().__init__()
         #: convolutions output zeros of their shape (a forward traced for its geometry only: values unused)
         self.shapes_only = shapes_only
         #: a weightviz._geometry.PrefixRecorder: records map-size effects of the untracked ops before src
         self.prefix = prefix
+        # frozen statistics of norms and attention (weightviz._norms, weightviz._frozen), their call namer
+        self.stats = stats
+        self.names = names
+        #: a norm or attention call was frozen in this forward (its values depend on ``stats``)
+        self.froze = False
+        self._call: str | None = None
+        self._pending: dict[int, tuple[torch.Tensor, Any]] = {}
         self.gate = float(gate)
         self.source = source
         self.require_grad = require_grad
@@ -242,14 +271,28 @@ class Linearizer(GateRules, TorchFunctionMode):
         self._tracked.clear()
         self._nodes.clear()
         self._clear_gates()
+        self._pending.clear()
+
+    # helpers of the FrozenOps mixin
+    _op_name = staticmethod(op_name)
+    _keyf = staticmethod(_key)
+    _leaves_of = staticmethod(_leaves)
+    _shape_only = _SHAPE_ONLY
 
     # -- the mode -----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.shapes_only and func is F.conv2d:
             func = _geometry.conv2d
+        if self.names is not None:  # every norm/attention call is named, tracked or not (same names each run)
+            kind = _norms.KINDS.get(getattr(func, "__name__", ""))
+            self._call = self.names.call(kind) if kind is not None else None
         leaves = list(_leaves((args, kwargs)))
         tracked = [t for t in leaves if self.is_tracked(t)]
+        if self._pending:
+            pending = self._pending_in(args, kwargs)
+            if pending:
+                return self._logits(func, args, kwargs, tracked, pending)
         if not tracked:
             if self.prefix is not None and self.prefix.active:   # map sizes before src (weightviz._geometry)
                 return self.prefix.run(func, _key(func), args, kwargs, leaves)
@@ -281,7 +324,8 @@ class Linearizer(GateRules, TorchFunctionMode):
             else:
                 out = self._dispatch(func, key, args, kwargs, tracked)
         except WeightvizError:
-            if gate_only is not None:   # the root cause is the reduction further up
+            # the root cause is the reduction further up (unless a frozen softmax/norm, which may take it, failed)
+            if gate_only is not None and key not in _norms.KINDS:
                 raise WeightvizError(gate_only) from None
             raise
         if gate_only is not None:
@@ -374,6 +418,9 @@ class Linearizer(GateRules, TorchFunctionMode):
             out = fn(x, _arg(args, kwargs, 1, "output_size"))
             self.track(out)
             return out
+        # -- norms and attention -> frozen statistics (weightviz._frozen)
+        if name in _norms.KINDS:
+            return self._frozen(func, name, args, kwargs)
         # -- linear ops
         if name in _LINEAR_FIRST:
             self._only_first(func, args, kwargs)
@@ -398,6 +445,8 @@ class Linearizer(GateRules, TorchFunctionMode):
             return self._run(func, args, kwargs)
         if name in _MULTILINEAR:
             if len(tracked) > 1:
+                if name in LOGIT_PRODUCTS:
+                    return self._pend(func, args, kwargs)   # attention logits, if a softmax follows
                 raise self._fail(func, "a product of two tensors that both depend on it is not linear")
             return self._run(func, args, kwargs)
         if name in _ADD_BINARY:
@@ -592,6 +641,8 @@ def linearized(
     tape: _compose.Tape | None = None,
     prefix: Any = None,
     shapes_only: bool = False,
+    norm_scale: Any = "data",
+    images: Any = None,
 ) -> Iterator[Linearizer]:
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
@@ -601,6 +652,10 @@ def linearized(
     dropout/LRN -> identity, batch norm keeps its affine eval form. Unknown nonlinear ops raise
     :class:`~weightviz.WeightvizError` naming the op. The result of ``model(x)`` is then an affine
     function of ``x`` (``[B, C, H, W]`` in, whatever the model returns out).
+
+    Norm layers and attention are frozen at statistics measured on ``images`` (``norm_scale="data"``,
+    default: the embedded image set; ``"unit"``; or a dict ``{norm call: scale}``); inside
+    :func:`weightviz.expanded_weights` the statistics it measured are used.
 
     With ``track_inputs=False`` nothing is tracked until :meth:`Linearizer.track` is called (used by
     :func:`weightviz.expanded_weights` to linearize only what depends on layer ``src``).
@@ -614,8 +669,15 @@ def linearized(
     """
     if not isinstance(model, nn.Module):
         raise WeightvizError(f"linearized() needs an nn.Module, got {type(model).__name__}")
+    stats = _norms.active()
+    outer = stats is not None    # statistics set by the caller (expanded_weights measures them on NeedStats)
+    if stats is None and not structural:
+        stats = _norms.resolve(model, norm_scale, images)
+    # calls are named only where statistics exist to look up (an unmeasured lookup raises NeedStats)
+    names = _norms.CallNames(model).attach() if stats is not None and stats.has_entries() else None
     mode = Linearizer(gate=gate, source=source or "the model input", require_grad=require_grad, merge=merge,
-                      structural=structural, cones=cones, tape=tape, prefix=prefix, shapes_only=shapes_only)
+                      structural=structural, cones=cones, tape=tape, prefix=prefix, shapes_only=shapes_only,
+                      stats=stats, names=names)
     flags = [(m, m.training) for m in model.modules()]
     handle = None
     if track_inputs:
@@ -627,9 +689,16 @@ def linearized(
     try:
         if any(flag for _, flag in flags):  # (setting flags on every module costs ~2 ms on lite0)
             model.eval()
-        with mode:
+        with _norms.fast_norms(model), mode:
             yield mode
+    except _norms.NeedStats as e:
+        if outer:
+            raise
+        raise WeightvizError(f"the norm/attention call {e.args[0]!r} needs frozen statistics measured on images; "
+                             "pass images= (or norm_scale='unit' / a dict)") from None
     finally:
+        if names is not None:
+            names.detach()
         if handle is not None:
             handle.remove()
             out_handle.remove()

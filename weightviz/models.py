@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._io import load_state_dict
+from ._tokens import layout as _layout
 from .errors import RandomInitWarning, WeightvizError, suggest
 
 __all__ = [
@@ -275,22 +276,25 @@ def input_spec(model: nn.Module) -> InputSpec:
 def fixed_input_size(model: nn.Module) -> int | None:
     """The one square input side a model accepts, or ``None`` if it takes any size (CNNs).
 
-    A model is fixed-size when timm says so (``pretrained_cfg["fixed_input_size"]``, e.g. ViT, Swin: the
-    size is that config's ``input_size``) or when a patch embedding checks its input
-    (``patch_embed.img_size`` with ``strict_img_size`` and no ``dynamic_img_size``/``dynamic_img_pad``).
-    A model may state it as the attribute ``weightviz_fixed_input_size`` (an int, or ``None``).
+    A model may state it as the attribute ``weightviz_fixed_input_size`` (an int, or ``None``). Else a
+    patch embedding anywhere in the model that checks its input (``strict_img_size`` and no
+    ``dynamic_img_size``/``dynamic_img_pad``: timm ViT, Swin, ...) fixes it to its square ``img_size``; else
+    timm's config (``pretrained_cfg["fixed_input_size"]``) gives its ``input_size``. A model with
+    ``dynamic_img_size`` takes any size.
     """
     if hasattr(model, "weightviz_fixed_input_size"):
         v = model.weightviz_fixed_input_size
         return None if v is None else int(v)
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(model, "dynamic_img_size", False) is False \
-            and not getattr(pe, "dynamic_img_pad", False) and getattr(pe, "strict_img_size", False):
-        size = getattr(pe, "img_size", None)
-        if isinstance(size, int):
-            return size
-        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
-            return int(size[0])
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    for m in model.modules():
+        if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False) \
+                and not getattr(m, "dynamic_img_pad", False):
+            size = getattr(m, "img_size", None)
+            if isinstance(size, int) and not isinstance(size, bool):
+                return size
+            if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+                return int(size[0])
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if isinstance(cfg, dict) and cfg.get("fixed_input_size"):
         size = cfg.get("input_size")
@@ -346,7 +350,8 @@ class LayerInfo:
 
     ``weight_shape`` is the module's own weight shape (``None`` for blocks), ``out_channels`` the
     number of output channels (from the weights, or measured by one forward pass), ``out_shape`` the
-    measured output shape ``[C, H, W]`` at the model's input size (``None`` if unknown).
+    measured output shape ``[C, H, W]`` at the model's input size (token layers: ``[N, C]`` or channels-last
+    ``[H, W, C]``, read by :mod:`weightviz._tokens`; ``None`` if unknown).
     """
 
     name: str
@@ -469,7 +474,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
                     name=name,
                     type=type(m).__name__,
                     weight_shape=None,
-                    out_channels=out[0] if out else getattr(m, "num_features", None),
+                    out_channels=_layout(out).channels if out else getattr(m, "num_features", None),
                     out_shape=out,
                     kind="norm" if isinstance(m, _NORM_TYPES) else "block",
                 )
@@ -481,7 +486,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
 
 def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str, tuple[int, ...]]:
     spec = input_spec(model)
-    size = input_size or spec.size
+    size = input_size or fixed_input_size(model) or spec.size
     try:
         p = next(model.parameters())
         device, dtype = p.device, p.dtype

@@ -60,7 +60,7 @@ class _Rate(ProgressColumn):
     from that rate."""
 
     def render(self, task) -> Text:
-        ran = task.completed - task.fields.get("start", 0)
+        ran = task.completed - task.fields.get("first", 0)
         if not task.elapsed or ran <= 0:
             return Text("")
         rate = ran / task.elapsed
@@ -74,13 +74,13 @@ def job_progress(names: dict[str, str] | None = None) -> Iterator[Callable[[str,
     """A rich progress display on stderr with one bar per stage; yields ``progress(stage, done, total)``
     (the callback :func:`weightviz.explore.build_site` takes): done/total, elapsed, rate and ETA."""
     names = names or {}
-    with Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description:<26}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
                   _Rate(), console=err_console, transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(names.get(stage, stage), total=total, completed=done, start=done)
+                tasks[stage] = bar.add_task(names.get(stage, stage), total=total, completed=done, first=done)
             bar.update(tasks[stage], completed=done, total=total)
 
         yield progress

@@ -24,6 +24,8 @@ def expand_cmd(
     input_size: int = count_option(None, "--input-size", help="Force the input side (default: the smallest "
                                    "that holds the receptive field)."),
     gate: float = typer.Option(0.5, "--gate", help="Constant that sigmoid gates (squeeze-excite) are frozen to."),
+    token: int = typer.Option(None, "--token", "-t", min=0, help="Token layers (ViT, Swin): target token of DST by index "
+                              "(0: the class token; default: the centre patch)."),
 ) -> None:
     """Expanded weights from SRC to DST: the linear map through everything in between, with ReLU-like
     activations taken as identity, max-pool as avg-pool, sigmoid gates as a constant.
@@ -31,12 +33,16 @@ def expand_cmd(
     Prints the strongest input channels of the (first) unit; -o draws their K x K heatmaps on one shared
     scale with the article's colormap (red excitatory, blue inhibitory).
 
+    Between token layers (ViT, Swin; norms and attention frozen at their image-set means) the weights are
+    maps over SRC's tokens, drawn on its patch grid.
+
     Example: weightviz expand efficientnet_lite0 blocks.2.0 blocks.3.0 --unit 4 --top 12 -o expand.png
     """
+    from .. import _norms, _tokens
     from ..errors import WeightvizError
     from ..expand import expanded_weights, receptive_field
     from ..figures import heatmap_grid
-    from ..models import get_module, model_name, parse_units
+    from ..models import fixed_input_size, get_module, layers, model_name, parse_units
 
     if output is not None:
         check_output(output)
@@ -45,9 +51,16 @@ def expand_cmd(
     m = load(model)
     get_module(m, src)
     get_module(m, dst)
-    with err_console.status(f"measuring the receptive field of {dst} over {src}", spinner="dots"):
-        rf = receptive_field(m, dst, src, input_size=input_size)
-    n_dst = rf.dst_shape[0]
+    # token layers occur in models with norm / attention modules (others skip the shape probe)
+    table = layers(m, input_size or fixed_input_size(m)) if _norms.needs_stats(m) else None
+    shapes = {n: table[n].out_shape if table and n in table else None for n in (src, dst)}
+    tokens = any(sh is not None and _tokens.layout(sh).is_token for sh in shapes.values())
+    if tokens:
+        rf, n_dst = None, _tokens.layout(shapes[dst]).channels
+    else:
+        with err_console.status(f"measuring the receptive field of {dst} over {src}", spinner="dots"):
+            rf = receptive_field(m, dst, src, input_size=input_size)
+        n_dst = rf.dst_shape[0]
     if unit is None:
         units = list(range(n_dst)) if save is not None else [0]
     else:
@@ -55,16 +68,25 @@ def expand_cmd(
         if not units:
             raise WeightvizError(f"--unit {unit!r} selects no unit of {dst!r} ({n_dst} channels)")
     with err_console.status(f"expanding {len(units)} unit(s) of {dst}", spinner="dots"):
-        E = expanded_weights(m, src, dst, units=units, input_size=input_size, gate=gate)
+        E = expanded_weights(m, src, dst, units=units, input_size=input_size, gate=gate, token=token)
     u = units[0]
-    w = E[0]                                              # [C_src, K, K]
+    w = E[0]                                              # [C_src, K, K], token layers: [C_src, N]
+    if E.dim() == 3:   # a map over src's tokens: its patch tokens on the patch grid, prefix tokens left out
+        lay = _tokens.layout(shapes[src])
+        if lay.grid is None:
+            raise WeightvizError(f"{src!r} has no patch grid ({shapes[src]}); use --save for the raw [U, C, N] map")
+        w = w[:, lay.prefix:].reshape(w.shape[0], *lay.grid)
     norms = w.flatten(1).norm(dim=1)
     sums = w.flatten(1).sum(1)
     k = min(top, w.shape[0])
     order = norms.argsort(descending=True)[:k].tolist()
     kh, kw = w.shape[-2:]
-    typer.echo(f"{src} -> {dst} unit {u}: expanded weights [{w.shape[0]} channels, {kh}x{kw}] "
-               f"(input {rf.input_size}px, field {kh}x{kw} of {src}, stride {rf.stride})")
+    if rf is None:
+        typer.echo(f"{src} -> {dst} unit {u}: expanded weights [{w.shape[0]} channels, {kh}x{kw} patch grid] "
+                   f"(token layers; attention and norms frozen at their image-set means)")
+    else:
+        typer.echo(f"{src} -> {dst} unit {u}: expanded weights [{w.shape[0]} channels, {kh}x{kw}] "
+                   f"(input {rf.input_size}px, field {kh}x{kw} of {src}, stride {rf.stride})")
     typer.echo(f"{'rank':>4}  {'channel':>7}  {'L2 norm':>9}  sign")
     for r, c in enumerate(order, 1):
         sign = "+ excitatory" if sums[c] > 0 else "- inhibitory" if sums[c] < 0 else "0"
@@ -84,4 +106,5 @@ def expand_cmd(
         from .._io import save_tensors
 
         save_tensors({"expanded_weights": E, "units": torch.tensor(units)}, save)
-        typer.echo(f"wrote {save} (expanded_weights {list(E.shape)} = [units, C_src, K, K], units)")
+        layout = "[units, C_src, N_tokens]" if E.dim() == 3 else "[units, C_src, K, K]"
+        typer.echo(f"wrote {save} (expanded_weights {list(E.shape)} = {layout}, units)")

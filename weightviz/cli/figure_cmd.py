@@ -1,7 +1,7 @@
 """`weightviz figure NAME MODEL ...`: the article's contextual figures as PNG/SVG files.
 
 One subcommand per figure of :data:`weightviz.figures.FIGURES` (top-inputs, small-multiples, family-grid,
-spatial, factors, paths, expanded); each validates the output path, loads the model, calls the registered
+spatial, factors, paths, expanded, token-weights); each validates the output path, loads the model, calls the registered
 builder (feature visualizations rendered in one batch, with a progress bar and the render cache) and
 saves the figure.
 """
@@ -193,4 +193,25 @@ def paths_cmd(
     Example: weightviz figure paths efficientnet_lite0 blocks.2.0 blocks.3.0 blocks.4.0 7 12 -o paths.png
     """
     _run("paths", output, model, (src, mid, dst, unit, src_unit), {"n_routes": n_routes},
+         _fv(size, steps, seed, cache, fv))
+
+
+@figure_app.command("token-weights")
+def token_weights_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    src: str = typer.Argument(..., help="Source token layer (e.g. blocks.3 of a ViT)."),
+    dst: str = typer.Argument(..., help="Destination token layer."),
+    unit: int = typer.Argument(..., help="Unit (channel) of DST."),
+    output: Path = _OUT,
+    k: int = count_option(8, "--top", "-k", help="Number of source channels shown, strongest first."),
+    token: int = typer.Option(None, "--token", "-t", min=0, help="Target token of DST by index (0: the class "
+                              "token; default: the centre patch)."),
+    size: int = _SIZE, steps: int = _STEPS, seed: int = _SEED, cache: bool = _CACHE, fv: bool = _FV,
+) -> None:
+    """Expanded weights between token layers (attention and norms frozen at their image-set means) on the
+    patch grid: the top-k source channels into one unit at one token.
+
+    Example: weightviz figure token-weights timm:vit_tiny_patch16_224 blocks.3 blocks.4 7 -o tokens.png
+    """
+    _run("token-weights", output, model, (src, dst, unit), {"k": k, "token": token},
          _fv(size, steps, seed, cache, fv))

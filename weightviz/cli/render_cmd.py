@@ -45,7 +45,7 @@ def render_cmd(
     from .._limits import check_size
 
     check_size(size, "--size")
-    if output.suffix == "" or output.is_dir():
+    if output.suffix == "" or (output.is_dir() and output.suffix.lower() not in (".png", ".svg")):
         _render_dir(model, layer, units, output, size, steps, seed, objective, batch, cache, cache_dir,
                     executor, address, jobs)
         return

@@ -182,7 +182,9 @@ def _build(ex: Explorer, root: Path, jobs: int | None, progress: Progress | None
     salt = _salt(ex)
     own = isinstance(executor, str)
     if own:
-        executor = site_executor(ex, executor, jobs, address)
+        t = time.perf_counter()
+        executor = site_executor(ex, executor, jobs, address)  # (Ray: waits until every worker loaded the model)
+        report.seconds["workers"] = time.perf_counter() - t
     remote = bool(getattr(executor, "remote", False))
     report.executor = executor_name(executor)
     report.workers = worker_count(executor)

@@ -46,6 +46,7 @@ from .contextual import expanded, family_grid, small_multiples, spatial_position
 from .examples import top_examples  # noqa: E402
 from .factors import factorize_family, weight_factors  # noqa: E402
 from .routes import paths  # noqa: E402
+from .tokens import token_weights  # noqa: E402
 from .weights import first_conv, nmf_grid, rgb_weights_grid  # noqa: E402
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "rgb_weights_grid",
     "small_multiples",
     "spatial_positions",
+    "token_weights",
     "top_examples",
     "top_inputs",
     "weight_factors",

@@ -5,8 +5,12 @@ value per batch item ``[B]``. Compose with ``+``, ``-``, unary ``-``, scalar ``*
 ``sum(...)``; a *list* of objectives passed to :func:`weightviz.render` renders as one batch, one image
 per objective.
 
-Activations are ``[B, C, H, W]`` (conv layers; ``y`` indexes H, ``x`` indexes W) or ``[B, C]`` (linear).
-Positions ``x``, ``y`` default to the centre ``((H - 1) // 2, (W - 1) // 2)`` of the layer's output.
+Activations are ``[B, C, H, W]`` (conv layers; ``y`` indexes H, ``x`` indexes W), ``[B, C]`` (linear), or
+token layers: ``[B, N, C]`` (ViT: class/prefix tokens first, then the patch grid) and channels-last
+``[B, H, W, C]`` (Swin), see :mod:`weightviz._tokens`. Positions ``x``, ``y`` default to the centre
+``((H - 1) // 2, (W - 1) // 2)`` of the layer's output (of the patch grid for tokens); channel and
+direction objectives average over the patch positions, the class token excluded; ``token=i`` in
+:func:`neuron` / :func:`direction_neuron` selects one token by index instead (``token=0``: the class token).
 
 >>> from weightviz import objectives as obj
 >>> o = obj.channel("blocks.4.0", 7) - 0.5 * obj.neuron("blocks.5.0", 3)
@@ -24,6 +28,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .. import _tokens
 from ..errors import WeightvizError
 
 __all__ = ["Objective", "channel", "direction", "direction_neuron", "neuron"]
@@ -169,16 +174,24 @@ def _shape(shapes, layer: str) -> tuple[int, ...]:
 
 def _check_channel(layer: str, n: int):
     def check(shapes):
-        c = _shape(shapes, layer)[0]
+        c = _tokens.canonical_shape(_shape(shapes, layer))[0]
         if n >= c:
             raise WeightvizError(f"unit {n} out of range: layer {layer!r} has {c} channels (0..{c - 1})")
 
     return check
 
 
-def _check_position(layer: str, x: int | None, y: int | None):
+def _check_position(layer: str, x: int | None, y: int | None, token: int | None = None):
     def check(shapes):
-        shape = _shape(shapes, layer)
+        raw = _shape(shapes, layer)
+        shape = _tokens.canonical_shape(raw)
+        if token is not None:
+            if x is not None or y is not None:
+                raise WeightvizError(f"give either token= or x/y for layer {layer!r}, not both")
+            n = _tokens.layout(raw).n_tokens
+            if len(shape) < 3 or token >= n:
+                raise WeightvizError(f"token {token} out of range: layer {layer!r} has {n} tokens (0..{n - 1})")
+            return
         if x is None and y is None:
             return
         if len(shape) < 3:
@@ -195,24 +208,25 @@ def _check_position(layer: str, x: int | None, y: int | None):
 
 def _check_vector(layer: str, v: torch.Tensor):
     def check(shapes):
-        c = _shape(shapes, layer)[0]
+        c = _tokens.canonical_shape(_shape(shapes, layer))[0]
         if v.numel() != c:
             raise WeightvizError(f"direction has length {v.numel()} but layer {layer!r} has {c} channels")
 
     return check
 
 
-def _at(a: torch.Tensor, x: int | None, y: int | None) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, C]`` at position (y, x) (centre by default); ``[B, C]`` passes through."""
-    if a.dim() == 2:
-        return a
-    h, w = a.shape[-2:]
-    return a[..., (h - 1) // 2 if y is None else y, (w - 1) // 2 if x is None else x]
+def _at(a: torch.Tensor, x: int | None, y: int | None, token: int | None = None) -> torch.Tensor:
+    """``[B, C, H, W]`` (or a token layout) -> ``[B, C]`` at position (y, x) (centre by default) or at
+    ``token``; ``[B, C]`` passes through."""
+    if a.dim() == 4 and token is None and _tokens.layout(a.shape[1:]).kind == "nchw":
+        h, w = a.shape[-2:]
+        return a[..., (h - 1) // 2 if y is None else y, (w - 1) // 2 if x is None else x]
+    return _tokens.at(a, x, y, token)
 
 
 def _flat(a: torch.Tensor) -> torch.Tensor:
-    """``[B, C, ...]`` -> ``[B, C, N]`` positions last."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    """``[B, C, H, W]`` (or a token layout) -> ``[B, C, N]``, the N patch positions last (no class token)."""
+    return _tokens.patches(a)
 
 
 def _both(*checks):
@@ -223,7 +237,9 @@ def _both(*checks):
     return check
 
 
-def _pos_key(x, y) -> str:
+def _pos_key(x, y, token=None) -> str:
+    if token is not None:
+        return f", token={token}"
     return "" if x is None and y is None else f", x={x}, y={y}"
 
 
@@ -235,13 +251,14 @@ def channel(layer: str, n: int) -> Objective:
                      _check_channel(layer, n))
 
 
-def neuron(layer: str, n: int, x: int | None = None, y: int | None = None) -> Objective:
-    """Activation of channel ``n`` at one position ``acts[:, n, y, x]`` (centre by default) -> ``[B]``."""
+def neuron(layer: str, n: int, x: int | None = None, y: int | None = None, token: int | None = None) -> Objective:
+    """Activation of channel ``n`` at one position ``acts[:, n, y, x]`` (centre by default; on a token layer
+    the patch at ``(y, x)``, or token number ``token``, ``0`` = the class token of a ViT) -> ``[B]``."""
     layer, n = _layer(layer), _index(n, "unit")
-    x, y = _index(x, "x", True), _index(y, "y", True)
-    return Objective(lambda acts: _at(acts[layer], x, y)[:, n], (layer,),
-                     f"neuron({layer!r}, {n}{_pos_key(x, y)})",
-                     _both(_check_channel(layer, n), _check_position(layer, x, y)))
+    x, y, token = _index(x, "x", True), _index(y, "y", True), _index(token, "token", True)
+    return Objective(lambda acts: _at(acts[layer], x, y, token)[:, n], (layer,),
+                     f"neuron({layer!r}, {n}{_pos_key(x, y, token)})",
+                     _both(_check_channel(layer, n), _check_position(layer, x, y, token)))
 
 
 def _dir_value(a: torch.Tensor, v: torch.Tensor, cosine_power: float) -> torch.Tensor:
@@ -274,11 +291,12 @@ def direction(layer: str, vector, cosine_power: float = 0.0) -> Objective:
 
 
 def direction_neuron(layer: str, vector, x: int | None = None, y: int | None = None,
-                     cosine_power: float = 0.0) -> Objective:
-    """Like :func:`direction`, at one position ``(y, x)`` (centre by default) instead of the mean. -> ``[B]``"""
+                     cosine_power: float = 0.0, token: int | None = None) -> Objective:
+    """Like :func:`direction`, at one position ``(y, x)`` (centre by default; or at ``token``) instead of
+    the mean. -> ``[B]``"""
     layer, v, p = _layer(layer), _vector(vector, layer), _power(cosine_power)
-    x, y = _index(x, "x", True), _index(y, "y", True)
-    key = (f"direction_neuron({layer!r}, <{v.numel()}:{_vector_key(v)}>{_pos_key(x, y)}"
+    x, y, token = _index(x, "x", True), _index(y, "y", True), _index(token, "token", True)
+    key = (f"direction_neuron({layer!r}, <{v.numel()}:{_vector_key(v)}>{_pos_key(x, y, token)}"
            f"{f', cosine_power={p:g}' if p else ''})")
-    return Objective(lambda acts: _dir_value(_at(acts[layer], x, y)[..., None], v, p)[:, 0], (layer,), key,
-                     _both(_check_vector(layer, v), _check_position(layer, x, y)))
+    return Objective(lambda acts: _dir_value(_at(acts[layer], x, y, token)[..., None], v, p)[:, 0], (layer,), key,
+                     _both(_check_vector(layer, v), _check_position(layer, x, y, token)))

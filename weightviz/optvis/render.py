@@ -27,7 +27,7 @@ from torch import nn
 
 from .._limits import MAX_SIZE, MIN_SIZE, check_size
 from ..errors import WeightvizError
-from ..models import input_spec, model_hash, resolve
+from ..models import fixed_input_size, input_spec, model_hash, resolve
 from ._hooks import Capture, RedirectReLU, SmoothReLU, activations, frozen
 from .cache import RenderCache
 from .image import grid, save_png, to_uint8
@@ -151,7 +151,8 @@ def render(
 ) -> RenderResult:
     """Feature-visualize one objective or a list of objectives (one image each, rendered as batches).
 
-    ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels.
+    ``model``: an ``nn.Module`` or a spec (``None`` = embedded lite0). ``size``: image side in pixels (a model with a fixed
+    input size, e.g. ViT/Swin: :func:`weightviz.models.fixed_input_size`, sees it upsampled bilinearly to that size).
     ``steps``: Adam steps at learning rate ``lr``. ``seed``: same seed, same image. ``batch``: at most
     this many objectives per forward pass (default 32); objectives reading different layers go in
     different passes, so each forward stops at its own deepest layer. ``cache``: ``True`` (default directory), a path
@@ -189,10 +190,13 @@ def render(
     model = resolve(model)
     spec = input_spec(model)
     store = _resolve_cache(cache)
+    # a model with a fixed input size (ViT, Swin) sees the image upsampled to it (as lucent does)
+    fixed = fixed_input_size(model)
+    model_size = fixed if fixed is not None and fixed != size else None
 
     # validate every objective (layer names, units, vector lengths, positions) before any optimization
     layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
-    shapes = _probe_shapes(model, layer_names, spec.channels, size)
+    shapes = _probe_shapes(model, layer_names, spec.channels, model_size or size)
     for o in objs:
         o.check(shapes)
 
@@ -202,6 +206,8 @@ def render(
         "transforms": transforms.key() if transforms is not None else None,
         "channels": spec.channels, "mean": spec.mean, "std": spec.std,
     }
+    if model_size is not None:
+        params["model_input"] = model_size
     if smooth_relu is not None:  # only when used: cache keys of ordinary renders stay as they were
         params["smooth_relu"] = list(smooth_relu)
     keys = [RenderCache.key(model_hash(model), o.key, params) for o in objs] if store is not None else [None] * len(objs)
@@ -230,7 +236,7 @@ def render(
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
                                        redirect_steps, transforms, decorrelate, advance,
                                        None if callback is None else (lambda k, im, idx=idx: callback(k, im, idx)),
-                                       smooth_relu)
+                                       model_size, smooth_relu)
             for j, i in enumerate(idx):
                 images[i], values[i] = imgs[j], float(vals[j])
                 if store is not None:
@@ -281,8 +287,16 @@ def _relu_mode(step: int, steps: int, redirect_steps: int, smooth):
     return RedirectReLU() if step < redirect_steps else contextlib.nullcontext()
 
 
+def _to_model(img: torch.Tensor, spec, dtype, model_size: int | None) -> torch.Tensor:
+    """Rendered images ``[B, C, size, size]`` in [0, 1] -> model input (bilinear upsampling, corners aligned as
+    lucent's ``fixed_image_size``, to a fixed model input size; then the model's normalization)."""
+    if model_size is not None:
+        img = torch.nn.functional.interpolate(img, size=(model_size, model_size), mode="bilinear", align_corners=True)
+    return spec.normalize(img).to(dtype)
+
+
 def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance,
-                  callback=None, smooth=None):
+                  callback=None, model_size=None, smooth=None):
     device, dtype = _device_dtype(model)
     g = torch.Generator().manual_seed(seed)
     param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
@@ -298,7 +312,7 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
             img = param.image()
             if transforms is not None:
                 img = apply_transform(img, sample_transform(transforms, g), transforms.pad_value)
-            x = spec.normalize(img).to(dtype)
+            x = _to_model(img, spec, dtype, model_size)
             with _relu_mode(step, steps, redirect_steps, smooth):
                 acts = cap.run(x)
                 loss = -evaluate(acts).sum()
@@ -313,6 +327,6 @@ def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, tran
             final = param.image()
         # values on the clean final image; the input requires grad so that objectives which are gradients
         # of the model (weightviz.best_case) can be evaluated too
-        x = spec.normalize(final).to(dtype).requires_grad_(True)
+        x = _to_model(final, spec, dtype, model_size).requires_grad_(True)
         vals = evaluate(cap.run(x)).detach()
     return final.detach().float().cpu(), vals.float().cpu()
