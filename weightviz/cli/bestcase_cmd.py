@@ -16,13 +16,13 @@ def best_case_cmd(
     dst: str = typer.Argument(..., help="Target layer, later in the forward pass."),
     unit: int = typer.Argument(..., help="Output channel of DST (its centre position is the target)."),
     output: Path = typer.Option(..., "--output", "-o", help="Figure: .png or .svg."),
-    src_unit: int | None = typer.Option(None, "--src-unit", help="One SRC channel: maximize the gradient between "
+    src_unit: int | None = typer.Option(None, "--src-unit", min=0, help="One SRC channel: maximize the gradient between "
                                         "it and UNIT at the centre (default: the norm of the whole connection)."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimization steps (default 128)."),
-    size: int | None = typer.Option(None, "--size", help="Image side in pixels (default: the smallest that holds "
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimization steps (default 128)."),
+    size: int | None = typer.Option(None, "--size", min=16, max=2048, help="Image side in pixels (default: the smallest that holds "
                                     "the receptive field of DST)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same image)."),
-    top: int = typer.Option(8, "--top", "-k", help="SRC channels drawn when --src-unit is not given (strongest "
+    top: int = typer.Option(8, "--top", "-k", min=1, help="SRC channels drawn when --src-unit is not given (strongest "
                             "achieved connection first)."),
     fv: bool = typer.Option(True, "--fv/--no-fv", help="Label the SRC channels with their feature visualizations."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache."),

@@ -19,12 +19,12 @@ def examples_cmd(
     images: Path | None = typer.Option(None, "--images", help="Folder of images (jpg/png/webp/bmp, searched "
                                        "recursively, resized and centre-cropped). Default: the embedded natural "
                                        "images (crops of the scikit-image and scikit-learn photos)."),
-    k: int = typer.Option(9, "--top", "-k", help="Number of examples shown, strongest first."),
-    n: int | None = typer.Option(None, "--n-images", "-n", help="Use only this many images (a seeded subset)."),
-    size: int | None = typer.Option(None, "--size", help="Image side in pixels (default: the model's input size)."),
+    k: int = typer.Option(9, "--top", "-k", min=1, help="Number of examples shown, strongest first."),
+    n: int | None = typer.Option(None, "--n-images", "-n", min=1, help="Use only this many images (a seeded subset)."),
+    size: int | None = typer.Option(None, "--size", min=16, max=2048, help="Image side in pixels (default: the model's input size)."),
     position: str = typer.Option("max", "--position", help="'max': a unit's activation on an image is its "
                                  "maximum over positions; 'centre': its value at the centre position."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset chosen by --n-images."),
 ) -> None:
     """Dataset examples: the K images that activate UNIT of LAYER most, each cropped to the unit's

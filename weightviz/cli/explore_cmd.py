@@ -25,11 +25,11 @@ _UNITS_HELP = "Units that get pages, in every layer: '0:16', '3,7,9' (default: a
 
 _IMAGES = typer.Option(None, "--images", help="Folder of images for the dataset examples and the cases panels "
                        "(jpg/png/webp, recursive; default: the embedded natural images).")
-_CASES = typer.Option(2, "--cases", help="Cases per unit in the cases panel (per-example gradients from the "
+_CASES = typer.Option(2, "--cases", min=0, max=6, help="Cases per unit in the cases panel (per-example gradients from the "
                       "unit's primary source, factored over the images); 0: no cases panel.")
-_CASE_IMAGES = typer.Option(32, "--case-images", help="Number of images the cases are computed on.")
-_EXAMPLES = typer.Option(9, "--examples", help="Dataset examples per unit page (0 = no dataset-examples section).")
-_EXAMPLE_IMAGES = typer.Option(128, "--example-images", help="Images scored for the dataset examples, at the "
+_CASE_IMAGES = typer.Option(32, "--case-images", min=1, help="Number of images the cases are computed on.")
+_EXAMPLES = typer.Option(9, "--examples", min=0, help="Dataset examples per unit page (0 = no dataset-examples section).")
+_EXAMPLE_IMAGES = typer.Option(128, "--example-images", min=0, help="Images scored for the dataset examples, at the "
                                "model's input size (a seeded subset; 0 = all).")
 
 
