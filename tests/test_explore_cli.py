@@ -68,7 +68,6 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
     (["explore", MODEL, "-o", "{new}", "--units", "a:b"], "cannot read units"),
     (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
     (["explore", MODEL, "-o", "{new}", "--images", "{file}"], "is not a folder"),
-    (["explore", MODEL, "-o", "{new}", "--examples", "-1"], "examples must be an integer >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("x")
@@ -87,6 +86,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize("args, option", [
     (["explore", MODEL, "-o", "{new}", "--jobs", "0"], "'--jobs'"),
+    (["explore", MODEL, "-o", "{new}", "--examples", "-1"], "'--examples'"),
+    (["explore", MODEL, "-o", "{new}", "--example-images", "-1"], "'--example-images'"),
     (["explore", MODEL, "-o", "{new}", "--size", "8"], "'--size'"),
     (["explore", MODEL, "-o", "{new}", "--size", "2048"], "'--size'"),
     (["serve", MODEL, "--size", "2048"], "'--size'"),
