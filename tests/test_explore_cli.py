@@ -259,7 +259,8 @@ def test_ctrl_c_stops_an_explore_with_worker_processes_at_once(tmp_path):
     site = tmp_path / "site"
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightviz.cli", "explore", MODEL, "-o", str(site), "--layers", "features.3",
-         "--units", "0:2", "--size", "16", "--steps", "10000000", "--jobs", "2", "--no-factor-fvs"],
+         "--units", "0:2", "--size", "16", "--steps", "10000000", "--jobs", "2", "--no-factor-fvs",
+         "--cases", "0"],  # renders right after the weights stage (Ctrl-C in the cases stage: see b12a report)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stderr:  # planned: the build (and its worker pool) starts now
