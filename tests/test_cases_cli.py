@@ -7,7 +7,7 @@ from weightviz.cli import main
 
 def test_cases_cli_writes_figure(tmp_path, capsys):
     out = tmp_path / "cases.png"
-    rc = main(["cases", "efficientnet_lite0", "blocks.2.0", "blocks.3.0", "5", "-o", str(out), "--n", "6",
+    rc = main(["cases", "efficientnet_lite0", "blocks.2.0", "blocks.3.0", "5", "-o", str(out), "--n-images", "6",
                "--image-size", "64", "--n-cases", "2", "--no-fv", "--examples", "2"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -19,10 +19,10 @@ def test_cases_cli_bad_input_exit2_no_file(tmp_path, capsys):
     out = tmp_path / "cases.png"
     base = ["cases", "efficientnet_lite0", "blocks.2.0", "blocks.3.0", "5", "-o", str(out), "--no-fv",
             "--image-size", "64"]
-    for extra, words in [(["--n", "2", "--n-cases", "3"], "more than the data allows"),
+    for extra, words in [(["--n-images", "2", "--n-cases", "3"], "more than the data allows"),
                          (["--images", str(tmp_path / "missing")], "not a folder"),
                          (["--position", "top"], "--position"),
-                         (["--n", "2", "--position", "99,0"], "outside")]:
+                         (["--n-images", "2", "--position", "99,0"], "outside")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and err.count("\n") == 0, err

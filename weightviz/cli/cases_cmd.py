@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, err_console, load
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option
 
 
 @app.command("cases")
@@ -20,15 +20,16 @@ def cases_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Figure: .png or .svg."),
     images: Path = typer.Option(None, "--images", help="Folder of images (jpg/png/webp, searched recursively; "
                                 "default: the embedded natural images)."),
-    n_images: int = typer.Option(128, "--n", help="Number of images used (a seeded subset)."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side in pixels (default: the model's)."),
-    n_cases: int = typer.Option(2, "--n-cases", "-n", help="Number of cases (2..6 is typical)."),
-    top: int = typer.Option(6, "--top", "-k", help="Input channels shown per case."),
-    n_examples: int = typer.Option(4, "--examples", help="Example images shown per case."),
+    n_images: int = count_option(128, "--n-images", "-n", help="Number of images used (a seeded subset)."),
+    image_size: int = typer.Option(None, "--image-size", min=8, max=2048,
+                                   help="Image side in pixels (default: the model's)."),
+    n_cases: int = count_option(2, "--n-cases", help="Number of cases (2..6 is typical)."),
+    top: int = count_option(6, "--top", "-k", help="Input channels shown per case."),
+    n_examples: int = count_option(4, "--examples", help="Example images shown per case."),
     position: str = typer.Option("max", "--position", help="'max' (where the unit is most active in each "
                                  "image), 'centre', or 'Y,X'."),
-    size: int = typer.Option(96, "--size", help="Feature-visualization size in pixels."),
-    steps: int = typer.Option(None, "--steps", help="Feature-visualization steps (default: the render default)."),
+    size: int = size_option(96),
+    steps: int = count_option(None, "--steps", help="Feature-visualization steps (default: the render default)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image subset, the NMF and the FVs."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache."),
     fv: bool = typer.Option(True, "--fv/--no-fv", help="Render feature visualizations (--no-fv: grey placeholders)."),
