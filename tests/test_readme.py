@@ -28,8 +28,10 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     def quick(model, objective, **kwargs):  # 4 steps at 32 px, no disk cache: the API is what is tested
         return full(model, objective, **{**kwargs, "steps": 4, "size": 32, "cache": False, "progress": False})
 
-    monkeypatch.setattr(render_module, "render", quick)
+    # wv first: reading wv.render resolves the lazy export, which must see the real function (patching the
+    # module first made the lazy export cache `quick`, and monkeypatch restored that for every later test)
     monkeypatch.setattr(wv, "render", quick, raising=False)
+    monkeypatch.setattr(render_module, "render", quick)
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
     exec(compile(code, str(README), "exec"), ns)
@@ -39,4 +41,10 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     assert len(ns["top"]) == 8 and ns["top"][0].norm >= ns["top"][-1].norm
     for name in ("top_inputs.png", "factors.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_the_readme_test_leaves_wv_render_as_it_was():
+    """(runs after the test above) the lazy export is the real render again, not the shortened one."""
+    assert wv.render is render_module.render and wv.render.__name__ == "render"
+    assert wv.render.__module__ == "weightviz.optvis.render"
 
