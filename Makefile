@@ -23,7 +23,7 @@ ifeq ($(ARCH),x86_64)
 	$(BIN)/pip install -q $$(grep -v -i -E '^torch-lucent' requirements/ci.txt)
 else
 	$(BIN)/pip install -q torch==2.9.1 torchvision==0.24.1
-	$(BIN)/pip install -q $$(grep -v -i -E '^(torch|torchvision|triton|nvidia|cuda)' requirements/ci.txt | sed 's/==.*//')
+	$(BIN)/pip install -q $$(grep -v -i -E '^(torch|torchvision|torch-lucent|triton|nvidia|cuda)' requirements/ci.txt | sed 's/==.*//')
 endif
 	# test-only reference (tests/test_inceptionv1.py imports only its model, which needs torch alone)
 	$(BIN)/pip install -q --no-deps $$(grep -i -E '^torch-lucent' requirements/ci.txt)
