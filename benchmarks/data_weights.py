@@ -5,7 +5,7 @@ Methods (each: ``--n`` embedded images at 224 px, one ``dst`` unit, position "ma
 
 - ``ours (cold)``: ``data_weights`` on a fresh model object (receptive-field and window measurement
   included); ``ours``: the same call again (median of ``--repeats``): one forward stopped after ``dst``
-  and one backward of the sum of the selected outputs per batch of 32.
+  and one backward of the sum of the selected outputs per batch (default: 4 images on a CPU).
 - ``loop``: the obvious way: for each image, a full forward of the model with a hook making ``src``'s
   output a leaf, ``autograd.grad`` of ``dst[unit]`` at the argmax position, cropped to the same window
   (window geometry given to it for free).
@@ -115,8 +115,8 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         ours = statistics.median(times)
         t = time.perf_counter()
-        for b in range(0, x.shape[0], 32):
-            _floor(m, dst, x[b:b + 32])
+        for b in range(0, x.shape[0], 4):
+            _floor(m, dst, x[b:b + 4])
         floor = time.perf_counter() - t
         t = time.perf_counter()
         ref = _loop(m, src, dst, unit, x, d.window, stop=False)
