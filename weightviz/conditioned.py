@@ -50,13 +50,10 @@ from ._field import receptive_field
 from ._trace import _device_dtype
 from .errors import WeightvizError
 from .expand import Connection, expanded_weights, rank_connections
+from .imageset import default_batch
 from .models import get_module, parse_units, resolve
 
 __all__ = ["CaseExamples", "Cases", "DataWeights", "cases", "data_weights"]
-
-# images per forward/backward of data_weights on a CPU (measured on lite0 blocks.1.0 -> blocks.2.0, 64 images at
-# 224 px, 2 threads: batches of 1/2/4/8/16/32 took 0.61/0.49/0.48/0.80/1.61/2.24 s)
-_CPU_BATCH = 4
 
 _POSITIONS = ("max", "centre")
 
@@ -340,9 +337,7 @@ def data_weights(
     Returns :class:`DataWeights` with ``.weights`` ``[N, C_src, K, K]`` in the window and convention of
     :func:`weightviz.expanded_weights` (window positions past the map border are 0, see ``.inside``),
     ``.activations`` ``[N]`` and ``.positions`` ``[N, 2]``. Through the real model, in eval mode; one
-    forward and one backward per batch of ``batch_size`` images (default: 4 on a CPU, where larger batches
-    of 224 px maps were measured slower per image — 32 images cost 4.7x batches of 4 on lite0 — and 32 on
-    a GPU).
+    forward and one backward per batch of ``batch_size`` images (default: :func:`weightviz.imageset.default_batch`, 4 on a CPU, 32 on a GPU).
 
     Raises :class:`WeightvizError` for unknown layers, a unit out of range, ``dst`` not after ``src``,
     images with the wrong channel count for the model, or a position outside ``dst``'s map.
@@ -358,7 +353,7 @@ def data_weights(
     position = _parse_position(position)
     device, dtype = _device_dtype(model)
     if batch_size is None:
-        batch_size = _CPU_BATCH if device.type == "cpu" else 32
+        batch_size = default_batch(device)
     batch_size = _check_int(batch_size, "batch_size", 1)
     imgs = _images(images, model)
     n = len(imgs)

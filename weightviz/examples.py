@@ -86,7 +86,7 @@ def _check(model: nn.Module, layer: Any, unit: Any, k: Any, position: Any, batch
     if not isinstance(layer, str):
         raise WeightvizError(f"layer must be a layer name (see `weightviz layers MODEL`), got {layer!r}")
     get_module(model, layer)  # unknown names fail with close matches
-    for name, v in (("unit", unit), ("k", k), ("batch_size", batch_size)):
+    for name, v in (("unit", unit), ("k", k), ("batch_size", 1 if batch_size is None else batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "unit" else 1):
             raise WeightvizError(f"{name} must be a {'non-negative' if name == 'unit' else 'positive'} integer, "
                                  f"got {v!r}")
@@ -101,16 +101,18 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def layer_scores(model: nn.Module, layer: str, images, *, position: str = "max", batch_size: int = 32,
+def layer_scores(model: nn.Module, layer: str, images, *, position: str = "max", batch_size: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Activation of every unit of ``layer`` on every image: ``values`` ``[N, C]``, ``positions``
     ``[N, C, 2]`` (``(y, x)`` of the layer output where it is taken; ``-1`` without spatial axes) and the
     layer's output shape ``(C, H, W)`` or ``(C,)``. ``images``: an :class:`weightviz.ImageSet` ready for
     the model. One batched forward per ``batch_size`` images, stopped right after ``layer``; all units
     cost the same forward as one (the explorer scores a whole layer at once)."""
+    from .imageset import default_batch
     from .optvis._hooks import activations
 
     device, dtype = _device_dtype(model)
+    batch_size = batch_size or default_batch(device)
     vals, poss = [], []
     shape: tuple = ()
     done, total = 0, len(images)
@@ -189,7 +191,7 @@ def top_examples(
     k: int = 9,
     *,
     position: str = "max",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> TopExamples:
     """The ``k`` images of ``images`` that activate ``unit`` of ``layer`` most, with crops of their
