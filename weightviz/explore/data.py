@@ -47,6 +47,8 @@ __all__ = [
     "explorable",
 ]
 
+_SCORE_BATCH = 32  # images per forward when the explorer scores a layer for its dataset examples
+
 _CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
 INPUT = None  # a source meaning "the model input"
 
@@ -665,8 +667,9 @@ class Explorer:
         from ..examples import layer_scores
 
         imgs = self.example_image_set()
-        with self.compute_lock:
-            return layer_scores(self.model, layer, imgs)
+        with self.compute_lock:  # a fixed batch, not the device default: with batches of 4 the scores of local
+            # (2 threads) and Ray (1 thread) builds differed in the last bits; the tests compare sites byte for byte
+            return layer_scores(self.model, layer, imgs, batch_size=_SCORE_BATCH)
 
     @_lru(256)
     def unit_examples(self, layer: str, unit: int):
