@@ -60,7 +60,7 @@ def top_examples(
     *,
     position: str = "max",
     ncols: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Any = None,
 ) -> Figure:
     """The ``k`` images that activate ``unit`` of ``layer`` most, cropped to its receptive field at the
