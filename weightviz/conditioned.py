@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from torch import nn
 
 from . import _crops
 from ._field import receptive_field
+from ._progress import progress as _progress
 from ._trace import _device_dtype
 from .errors import WeightvizError
 from .expand import Connection, expanded_weights, rank_connections
@@ -293,18 +294,6 @@ def _crop_examples(d: DataWeights, indices: list[int]) -> torch.Tensor:
     return torch.stack(out)
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, what: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as p:
-        task = p.add_task(what, total=total)
-        yield lambda n=1: p.advance(task, n)
 
 
 def _check_int(v: Any, name: str, lo: int) -> int:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._limits import MAX_SIZE, MIN_SIZE, check_size
+from .._progress import progress as _progress
 from ..errors import WeightvizError
 from ..models import fixed_input_size, input_spec, model_hash, resolve
 from ._hooks import Capture, RedirectReLU, SmoothReLU, activations, frozen
@@ -118,18 +119,6 @@ def _positive_int(v, name: str) -> int:
     return v
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as p:
-        task = p.add_task("render", total=total)
-        yield lambda n=1: p.advance(task, n)
 
 
 def render(
@@ -231,7 +220,7 @@ def render(
         groups.setdefault(tuple(sorted(objs[i].layers)), []).append(i)
     chunks = [g[s:s + batch] for g in groups.values() for s in range(0, len(g), batch)]
 
-    with _progress(progress and bool(chunks), steps * len(chunks)) as advance:
+    with _progress(progress and bool(chunks), steps * len(chunks), "rendering") as advance:
         for idx in chunks:
             imgs, vals = _render_batch(model, [objs[i] for i in idx], spec, size, steps, seed, float(lr),
                                        redirect_steps, transforms, decorrelate, advance,
