@@ -17,7 +17,7 @@ import argparse
 import time
 
 import weightviz as wv
-from weightviz.bestcase import connection_gradient
+from weightviz.conditioned.bestcase import connection_gradient
 from weightviz.optvis.transforms import TransformConfig
 
 SETTINGS = [

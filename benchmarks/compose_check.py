@@ -35,7 +35,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import weightviz as wv
-    from weightviz import _compose, _trace
+    from weightviz.expand import _trace
+    from weightviz.linearize import compose as _compose
 
     used = {"composed": 0, "fallback": 0}
     orig = _compose.compose

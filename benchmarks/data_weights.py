@@ -38,7 +38,7 @@ class _Stop(Exception):
 
 def _loop(model, src, dst, unit, x, win, stop: bool):
     import weightviz as wv
-    from weightviz import _crops
+    from weightviz.conditioned import _crops
 
     out = []
     for i in range(x.shape[0]):

@@ -20,8 +20,8 @@ import time
 import torch
 
 import weightviz as wv
-from weightviz import _crops
-from weightviz.examples import FILL, top_examples
+from weightviz.conditioned import _crops
+from weightviz.conditioned.examples import FILL, top_examples
 
 
 def loop_scores(model, layer: str, unit: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

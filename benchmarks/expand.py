@@ -73,7 +73,7 @@ def per_unit_loop(model, src, dst, size, rf_at_size, units):
 
 def child(spec: str, src: str, dst: str, method: str, repeats: int, threads: int, loop_units: int) -> dict:
     import weightviz as wv
-    from weightviz import expand as X
+    from weightviz.expand import expanded as X
 
     torch.set_num_threads(threads)
     model = _load(spec)

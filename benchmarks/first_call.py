@@ -39,7 +39,7 @@ WARMUP_OTHER = ("torchvision:resnet18", "layer1.0", "layer2.0")
 
 def child(spec: str, src: str, dst: str, method: str, cached: int, threads: int) -> dict:
     import weightviz as wv
-    from weightviz import _field
+    from weightviz.expand import field as _field
 
     torch.set_num_threads(threads)
     if method == "probes":

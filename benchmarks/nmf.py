@@ -52,7 +52,7 @@ def layers_to_run():
 
 
 def ours(X: torch.Tensor, F: int, restarts: int) -> tuple[float, np.ndarray]:
-    from weightviz.factor import nmf, nmf_error
+    from weightviz.stats.factor import nmf, nmf_error
 
     t = time.perf_counter()
     A, H = nmf(X, F, seed=0, restarts=restarts)
@@ -86,7 +86,7 @@ def main() -> None:
 
     import sklearn
 
-    from weightviz.factor import one_sided
+    from weightviz.stats.factor import one_sided
 
     print(f"torch {torch.__version__} ({args.threads} threads), scikit-learn {sklearn.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, median of {args.repeats}")

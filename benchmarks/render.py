@@ -35,8 +35,8 @@ import torch
 
 import weightviz as wv
 from weightviz import objectives as obj
+from weightviz.models.hooks import Capture, frozen
 from weightviz.optvis import activations
-from weightviz.optvis._hooks import Capture, frozen
 
 CHECKPOINTS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import weightviz as wv
-from weightviz.bestcase import best_case
+from weightviz.conditioned.bestcase import best_case
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)   # ImageNet defaults: input_spec of a plain module
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -124,7 +124,7 @@ def test_lite0_best_case_beats_the_data(lite0):
     data = _data_gradient_norms(lite0, "blocks.1.0", "blocks.2.0", 3, imgs.tensor())
     assert b.value == pytest.approx(float(b.gradient.norm()), rel=1e-6)
     assert b.value > max(data), (b.value, max(data))
-    fig = b.figure()
+    fig = wv.figures.best_case(b)
     assert fig.data["ratio"] == pytest.approx(b.ratio)
 
 
@@ -147,7 +147,7 @@ def test_bad_input():
 def test_smooth_relu_mode_replaces_every_relu_variant():
     import torch.nn.functional as F
 
-    from weightviz.optvis._hooks import SmoothReLU
+    from weightviz.optvis._relu import SmoothReLU
 
     x = torch.linspace(-8, 10, 37, requires_grad=True)
     b = 3.0
@@ -169,7 +169,7 @@ def test_smooth_relu_mode_replaces_every_relu_variant():
 def test_capture_keeps_captured_layers_differentiable_through_identity_and_inplace():
     """A captured identity-like layer followed by an in-place ReLU: the kept tensor is unchanged and later
     captured layers are differentiable functions of it."""
-    from weightviz.optvis._hooks import Capture
+    from weightviz.models.hooks import Capture
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3)).eval()

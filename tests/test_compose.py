@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import weightviz as wv
-from weightviz import _compose, _field, _trace
+from weightviz.expand import _trace
+from weightviz.expand import field as _field
+from weightviz.linearize import compose as _compose
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import weightviz as wv
-from weightviz.conditioned import cases, data_weights
+from weightviz.conditioned.connections import cases, data_weights
 
 # ---------------------------------------------------------------------------------------- references
 
@@ -285,7 +285,7 @@ def test_cases_figure_structure(tmp_path):
     model, x = _boundary_data()
     c = cases(model, "src", "dst", 0, x, n_cases=2, n_examples=3)
     assert FIGURES["cases"] is wv.figures.cases and FIGURES["data-weights"] is wv.figures.data_weights
-    fig = c.figure(k=2, fv=False)
+    fig = wv.figures.cases(c, k=2, fv=False)
     rows = fig.data["cases"]
     assert [r["inputs"] for r in rows] == [[t.channel for t in ti[:2]] for ti in c.top_inputs]
     assert [r["examples"] for r in rows] == [e.indices for e in c.examples]
@@ -297,7 +297,7 @@ def test_cases_figure_structure(tmp_path):
     # from arguments, as the registry calls it
     fig2 = wv.figures.cases(model, "src", "dst", 0, x, 2, k=2, n_examples=3, fv=False)
     assert fig2.data["cases"] == rows
-    dfig = c.data.figure(n_examples=4, k=2, fv=False)
+    dfig = wv.figures.data_weights(c.data, n_examples=4, k=2, fv=False)
     acts = c.data.activations
     assert dfig.data["examples"] == acts.argsort(descending=True, stable=True)[:4].tolist()
     dfig.save(tmp_path / "dw.png")

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weightviz as wv
-from weightviz import _cone, _field, _trace
-from weightviz import expand as ex
-from weightviz.linear import DEFAULT_GATE
+from weightviz.expand import _trace
+from weightviz.expand import expanded as ex
+from weightviz.expand import field as _field
+from weightviz.linearize import cone as _cone
+from weightviz.linearize.linearizer import DEFAULT_GATE
 
 
 @pytest.fixture(autouse=True)

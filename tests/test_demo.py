@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from weightviz import demo
+from weightviz.cli import demo
 
 
 def test_demo_steps_write_files(tmp_path, capsys, monkeypatch):

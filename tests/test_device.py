@@ -8,7 +8,7 @@ import torch
 
 import weightviz as wv
 from weightviz import WeightvizError
-from weightviz._device import model_device, resolve_device, to_device
+from weightviz.models.device import model_device, resolve_device, to_device
 
 CUDA = torch.cuda.is_available()
 

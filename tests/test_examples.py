@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import weightviz as wv
-from weightviz.examples import FILL, top_examples
+from weightviz.conditioned.examples import FILL, top_examples
 
 
 def _net() -> nn.Sequential:
@@ -102,7 +102,7 @@ def test_never_firing_unit_warns_and_figure_says_so(tmp_path):
     with pytest.warns(UserWarning, match="never fires"):
         res = top_examples(model, "2", 1, x, k=4)
     assert not res.fires and len(res) == 0 and res.images.shape[0] == 0 and res.max_value <= 0
-    fig = res.figure()
+    fig = wv.figures.top_examples(res)
     assert fig.data["fires"] is False and fig.data["n"] == 0
     texts = " ".join(t.get_text() for t in fig.fig.texts)
     assert "never fires" in texts

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weightviz as wv
-from weightviz import _trace
 from weightviz.errors import WeightvizError
+from weightviz.expand import _trace
 from weightviz.testing import slow_expanded_weights
 
 

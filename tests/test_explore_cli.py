@@ -181,7 +181,7 @@ def test_serve_stops_cleanly_on_ctrl_c_while_a_render_is_in_flight(tmp_path):
 
 
 def test_demo_ends_with_the_explorer_and_how_to_open_it(tmp_path, capsys, monkeypatch):
-    from weightviz import demo
+    from weightviz.cli import demo
 
     assert demo.STEPS[-1][0] == "explorer"  # the last step of `make demo`
     monkeypatch.setattr(demo, "EXPLORER_LAYERS", "blocks.0.0,blocks.1.0")

@@ -10,7 +10,7 @@ import torch
 
 import weightviz as wv
 from weightviz import WeightvizError
-from weightviz.factor import factor_colors, nmf, nmf_error, nmf_image, one_sided, rgb_weights
+from weightviz.stats.factor import factor_colors, nmf, nmf_error, nmf_image, one_sided, rgb_weights
 
 
 # ------------------------------------------------------------------------------ reference: scikit-learn

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weightviz as wv
-from weightviz import _field, _trace
-from weightviz import expand as ex
 from weightviz.errors import WeightvizError
+from weightviz.expand import _trace
+from weightviz.expand import expanded as ex
+from weightviz.expand import field as _field
 
 
 def probe_search(model, src, dst):
@@ -187,7 +188,7 @@ def test_token_pair_gives_a_one_line_error_not_an_assertion(vit):
 @pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"padding": "same"}, {"padding": "valid"},
                                 {"dilation": 2, "padding": 3, "groups": 2}, {"stride": (2, 1), "padding": (0, 2)}])
 def test_shape_only_conv_has_the_shape_of_conv2d(kw):
-    from weightviz._geometry import conv2d
+    from weightviz.linearize.geometry import conv2d
 
     x, w = torch.randn(1, 4, 9, 11), torch.randn(6, 4 // kw.get("groups", 1), 3, 3)
     out = conv2d(x, w, None, **kw)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 import weightviz as wv
-from weightviz import imageset
+from weightviz.data import imageset
 from weightviz.errors import WeightvizError
 
 

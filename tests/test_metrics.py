@@ -1,6 +1,6 @@
 """Banding score (two-way ANOVA), its permutation test, the model scan, and the long-tail statistics.
 
-References are independent of weightviz.metrics: hand-computed cases, a slow loop implementation,
+References are independent of weightviz.stats: hand-computed cases, a slow loop implementation,
 textbook ANOVA sums of squares in numpy, brute force over all 9! shuffles, and the Weight Banding
 article's own data (tests/data/weight-banding, CC-BY 4.0) with the qualitative claims of its README.
 """
@@ -23,16 +23,11 @@ from torch import nn
 
 import weightviz as wv
 from weightviz import WeightvizError
-from weightviz.metrics import (
-    _null_scores,
-    _orbits,
-    anova_energies,
-    banding_layers,
-    banding_score,
-    banding_test,
-    long_tail,
-    scan_banding,
-)
+from weightviz.stats._nulls import _null_scores, _orbits
+from weightviz.stats.anova import anova_energies, banding_score
+from weightviz.stats.banding import banding_test
+from weightviz.stats.longtail import long_tail
+from weightviz.stats.scan import banding_layers, scan_banding
 
 DATA = Path(__file__).parent / "data" / "weight-banding"
 
@@ -176,7 +171,7 @@ def test_exact_null_equals_brute_force_over_all_shuffles():
     brute = ((e_row - e_col) / (e_row + e_col + e_int)).sort().values
     row_ind, col_ind, pairs = _orbits(3, 3)
     assert pairs.shape == (10080, 2) and math.factorial(9) // 36 == 10080
-    from weightviz.metrics import _exact_null
+    from weightviz.stats._nulls import _exact_null
 
     exact, share = _exact_null(x, (row_ind, col_ind, pairs))
     assert torch.allclose(exact[:, 0].repeat_interleave(36).sort().values, brute, atol=1e-12)
@@ -315,7 +310,7 @@ def test_scan_lite0_structure(lite0, tmp_path):
         assert r.result.fraction_horizontal == scan[r.layer].result.fraction_horizontal
     text = repr(scan)
     assert "blocks.5.3.conv_dw" in text and "median S" in text and "banded" in text
-    fig = scan.plot()
+    fig = wv.figures.banding_scan(scan)
     assert fig.data["layers"] == scan.layers
     assert fig.save(tmp_path / "b.png").stat().st_size > 1000
     assert fig.save(tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
@@ -338,7 +333,7 @@ def test_scan_raw_multichannel(tiny):
 
 
 def test_scan_nmf_images(tiny):
-    pytest.importorskip("weightviz.factor")
+    pytest.importorskip("weightviz.stats.factor")
     scan = scan_banding(tiny, n_perm=100)
     assert [r.image for r in scan.rows] == ["raw", "nmf"]  # conv1 has 3 inputs (RGB), conv2 has 8
     img, A, _ = wv.nmf_image(tiny.conv2.weight.detach(), n_factors=3, shared=False, seed=0, return_factors=True)
@@ -413,8 +408,8 @@ def test_long_tail_dead_neuron_and_bad_input(tmp_path):
     with pytest.raises(WeightvizError, match="NaN"):
         long_tail(torch.full((2, 3, 3), float("nan")))
     with pytest.raises(WeightvizError, match="out of range"):
-        lt.plot(unit=7)
-    fig = lt.plot(unit=2)
+        wv.figures.long_tail(lt, unit=7)
+    fig = wv.figures.long_tail(lt, unit=2)
     assert fig.data["unit"] == 2 and fig.save(tmp_path / "t.png").stat().st_size > 1000
     assert "participation ratio" in lt.table(0) and "random Gaussian" in repr(lt)
 

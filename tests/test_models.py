@@ -198,7 +198,7 @@ def test_a_module_with_nan_weights_is_refused_everywhere(tiny, call):
 
 
 def test_the_finite_check_is_cached_but_sees_changes(tiny):
-    from weightviz.models import check_finite
+    from weightviz.models.load import check_finite
 
     check_finite(tiny)  # remembered
     with torch.no_grad():
@@ -239,7 +239,7 @@ def test_random_init_warns_and_marks_the_model(tmp_path):
 
     from safetensors.torch import save_file
 
-    from weightviz.models import is_random_init
+    from weightviz.models.load import is_random_init
 
     with pytest.warns(UserWarning, match=r"^no weights given: random initialization; pass "
                                          r"torchvision:resnet18@file to load yours$"):
@@ -276,8 +276,8 @@ def test_figures_and_pages_of_a_random_init_model_say_so(tmp_path, tiny):
 
 # ------------------------------------------------------------------------------------------- sizes
 def test_one_size_bound_for_render_figures_and_explorer(tiny):
-    from weightviz._limits import MAX_SIZE, MIN_SIZE
     from weightviz.explore import ExploreConfig
+    from weightviz.utils.limits import MAX_SIZE, MIN_SIZE
 
     assert (MIN_SIZE, MAX_SIZE) == (16, 1024)
     for bad in (MIN_SIZE - 1, MAX_SIZE + 1):

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import weightviz as wv
-from weightviz import _norms
 from weightviz.errors import WeightvizError
-from weightviz.models import get_module
+from weightviz.linearize import norms as _norms
+from weightviz.models.layers import get_module
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -231,7 +231,7 @@ class FrozenGroupNorm(nn.Module):
 
 @pytest.mark.parametrize("compose", [True, False])
 def test_group_norm_model_equals_autograd_of_a_hand_frozen_copy(compose, monkeypatch):
-    from weightviz import _trace
+    from weightviz.expand import _trace
 
     monkeypatch.setattr(_trace, "COMPOSE", compose)   # composed path (GN as a per-channel scale) and autograd
     torch.manual_seed(0)

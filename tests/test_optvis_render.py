@@ -14,8 +14,9 @@ from torch import nn
 import weightviz as wv
 from weightviz import objectives as obj
 from weightviz.errors import WeightvizError
+from weightviz.models.hooks import Capture
 from weightviz.optvis import RenderCache, activations, grid, load_png, to_uint8
-from weightviz.optvis._hooks import Capture, RedirectReLU, _RedirectedClamp
+from weightviz.optvis._relu import RedirectReLU, _RedirectedClamp
 
 render_mod = importlib.import_module("weightviz.optvis.render")  # the module (the package attribute is the function)
 

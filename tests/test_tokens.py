@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 import weightviz as wv
-from weightviz import _norms
 from weightviz import objectives as obj
 from weightviz.errors import WeightvizError
-from weightviz.models import fixed_input_size, get_module
+from weightviz.linearize import norms as _norms
+from weightviz.models.inputs import fixed_input_size
+from weightviz.models.layers import get_module
 
 
 class FrozenLayerNorm(nn.Module):

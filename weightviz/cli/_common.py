@@ -61,7 +61,7 @@ def count_option(default: int | None, *names: str, help: str, min: int = 1) -> A
 
 def size_option(default: int, help: str = "Feature-visualization size in pixels.") -> Any:  # noqa: A002
     """``--size``: an image side in pixels, within the one bound of render, figures and explorer."""
-    from .._limits import MAX_SIZE, MIN_SIZE
+    from ..utils.limits import MAX_SIZE, MIN_SIZE
 
     return typer.Option(default, "--size", min=MIN_SIZE, max=MAX_SIZE, help=f"{help} ({MIN_SIZE}..{MAX_SIZE})")
 
@@ -110,8 +110,7 @@ def load(model_spec: str, device: str | None = None):
     the command's ``--device``, see :func:`with_device`)."""
     import warnings
 
-    from .._device import to_device
-    from ..models import load_model
+    from ..models import load_model, to_device
 
     with warnings.catch_warnings(record=True) as caught:  # shown after the spinner, not inside its display
         warnings.simplefilter("always")
@@ -137,7 +136,7 @@ def with_device(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, device: str = "auto", **kwargs):
-        from .._device import resolve_device
+        from ..models import resolve_device
 
         token = _DEVICE.set(str(resolve_device(device)))
         try:

@@ -40,9 +40,9 @@ def best_case_cmd(
     Example: weightviz best-case efficientnet_lite0 blocks.2.0 blocks.3.0 24 -o best.png
     Example: weightviz best-case efficientnet_lite0 blocks.2.0 blocks.3.0 24 --src-unit 7 -o best7.svg
     """
-    from ..bestcase import STEPS
+    from ..conditioned import STEPS
     from ..errors import WeightvizError
-    from ..figures.bestcase import best_case
+    from ..figures import best_case
 
     check_output(output)
     if top < 1:

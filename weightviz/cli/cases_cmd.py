@@ -42,8 +42,8 @@ def cases_cmd(
     Example: weightviz cases efficientnet_lite0 blocks.2.0 blocks.3.0 5 --n-cases 2 -o cases.png
     """
     from ..conditioned import cases, data_weights
+    from ..data import images as image_set
     from ..figures.conditioned import cases_figure
-    from ..imageset import images as image_set
     from ..models import get_module
 
     check_output(output)

@@ -37,11 +37,11 @@ def examples_cmd(
     Example: weightviz examples efficientnet_lite0 blocks.4.0 7 -o examples.png
     Example: weightviz examples efficientnet_lite0 blocks.4.0 7 --images ~/photos -k 16 -o examples.svg
     """
+    from .. import figures
+    from ..conditioned import top_examples
+    from ..data import images as image_set
     from ..errors import WeightvizError
-    from ..examples import top_examples
-    from ..imageset import images as image_set
-    from ..models import get_module, input_spec, parse_units
-    from ..optvis.render import _probe_shapes
+    from ..models import get_module, input_spec, parse_units, probe_shapes
 
     check_output(output)
     if position not in ("max", "centre"):
@@ -55,7 +55,7 @@ def examples_cmd(
         warnings.simplefilter("always")
         imgs = image_set(images, model=m, size=size, n=n, seed=seed)
         get_module(m, layer)  # unknown layer -> close matches; unit range checked before any long work
-        shape = _probe_shapes(m, [layer], input_spec(m).channels, imgs.size)[layer]
+        shape = probe_shapes(m, [layer], input_spec(m).channels, imgs.size)[layer]
         parse_units(unit, shape[0], f"layer {layer!r}")
         with progress_bar(f"scoring {len(imgs)} images", len(imgs)) as advance:
             seen = [0]
@@ -72,6 +72,6 @@ def examples_cmd(
     if not result.fires:
         raise WeightvizError(f"unit {unit} of {layer!r} never fires on these {result.n_images} images (largest "
                              f"activation {result.max_value:.4g} <= 0); nothing to show: try other images")
-    result.figure().save(output)
+    figures.top_examples(result).save(output)
     typer.echo(f"wrote {output} ({len(result)} examples of {layer} unit {unit} from {result.n_images} images; "
                f"activations {float(result.values[0]):.4g} .. {float(result.values[-1]):.4g})")

@@ -38,11 +38,12 @@ def expand_cmd(
 
     Example: weightviz expand efficientnet_lite0 blocks.2.0 blocks.3.0 --unit 4 --top 12 -o expand.png
     """
-    from .. import _norms, _tokens
     from ..errors import WeightvizError
     from ..expand import expanded_weights, receptive_field
     from ..figures import heatmap_grid
+    from ..linearize import norms as _norms
     from ..models import fixed_input_size, get_module, layers, model_name, parse_units
+    from ..models import tokens as _tokens
 
     if output is not None:
         check_output(output)
@@ -103,7 +104,7 @@ def expand_cmd(
     if save is not None:
         import torch
 
-        from .._io import save_tensors
+        from ..utils.io import save_tensors
 
         save_tensors({"expanded_weights": E, "units": torch.tensor(units)}, save)
         layout = "[units, C_src, N_tokens]" if E.dim() == 3 else "[units, C_src, K, K]"

@@ -145,13 +145,12 @@ def serve_cmd(
     Example: weightviz serve lite0 --port 8000   (then open http://127.0.0.1:8000/)
     """
     from ..errors import WeightvizError
-    from ..explore import Explorer
-    from ..explore.server import serve
+    from ..explore import Explorer, serve
 
     if not 0 <= port <= 65535:
         raise WeightvizError(f"--port must be between 0 and 65535, got {port}")
     if db is not None:  # before any work: a file that is not an SQLite database fails here, naming --db
-        from ..explore.store import SqliteCache
+        from ..explore import SqliteCache
 
         SqliteCache(db, "0" * 16)
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)

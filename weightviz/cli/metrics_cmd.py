@@ -28,7 +28,8 @@ def banding_cmd(
 
     Example: weightviz banding efficientnet_lite0 -o banding.png
     """
-    from ..metrics import banding_layers, scan_banding
+    from .. import figures
+    from ..stats import banding_layers, scan_banding
 
     if output is not None:
         output = check_output(output)
@@ -42,7 +43,7 @@ def banding_cmd(
         scan = scan_banding(m, layers=layer or None, image=image, n_perm=n_perm, seed=seed, progress=advance)
     typer.echo(scan.table())
     if output is not None:
-        scan.plot().save(output)
+        figures.banding_scan(scan).save(output)
         typer.echo(f"wrote {output}")
 
 
@@ -63,8 +64,9 @@ def tail_cmd(
 
     Example: weightviz tail efficientnet_lite0 blocks.6.0.conv_pwl 3 -o tail.png
     """
-    from ..metrics import long_tail
+    from .. import figures
     from ..models import parse_units, weights
+    from ..stats import long_tail
 
     if output is not None:
         output = check_output(output)
@@ -93,5 +95,5 @@ def tail_cmd(
     )
     typer.echo(f"top {n} input channels (sign of sum, L2 norm): {chans}")
     if output is not None:
-        lt.plot(0, title=f"Long tail: {what}").save(output)
+        figures.long_tail(lt, 0, title=f"Long tail: {what}").save(output)
         typer.echo(f"wrote {output}")

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import (
-    MODEL_HELP,
-    app,
-    check_output,
-    count_option,
-    err_console,
-    load,
-    progress_bar,
-    with_device,
-)
+from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, progress_bar, with_device
 
 
 @app.command("nmf")

@@ -42,7 +42,7 @@ def render_cmd(
 
     Bulk: weightviz render efficientnet_lite0 blocks.5.0 0:672 -o fv/ --executor ray
     """
-    from .._limits import check_size
+    from ..utils.limits import check_size
 
     check_size(size, "--size")
     if output.suffix == "" or (output.is_dir() and output.suffix.lower() not in (".png", ".svg")):
@@ -51,10 +51,9 @@ def render_cmd(
         return
     if executor != "local" or address is not None or jobs is not None:
         raise WeightvizError("--executor/--address/--jobs are for bulk renders: give -o a directory (no suffix)")
-    from ..models import get_module, input_spec, model_name, parse_units
+    from ..models import get_module, input_spec, model_name, parse_units, probe_shapes
+    from ..optvis import DEFAULT_STEPS, RenderCache, render
     from ..optvis import objectives as obj
-    from ..optvis.cache import RenderCache
-    from ..optvis.render import DEFAULT_STEPS, _probe_shapes, render
 
     check_output(output, (".png",) if raw else (".png", ".svg"))
     if objective not in ("channel", "neuron"):
@@ -62,7 +61,7 @@ def render_cmd(
     check_size(size, "--size")
     m = load(model)
     get_module(m, layer)  # unknown layer -> close matches
-    shape = _probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
+    shape = probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
     selected = parse_units(None if units.strip().lower() == "all" else units, shape[0], f"layer {layer!r}")
     if not selected:
         raise WeightvizError(f"no units selected by {units!r}")
@@ -73,7 +72,7 @@ def render_cmd(
     if raw:
         result.save(output, ncols=ncols)
     else:
-        from ..figures._core import image_grid
+        from ..figures import image_grid
 
         labels = [f"unit {u} ({v:.3g})" for u, v in zip(selected, result.values.tolist())]
         title = f"{model_name(m)} {layer}: {objective} feature visualizations ({result.steps} steps, seed {seed})"
@@ -84,8 +83,9 @@ def render_cmd(
 
 def _render_dir(model, layer, units, output, size, steps, seed, objective, batch, cache, cache_dir,
                 executor, address, jobs) -> None:
-    from ..explore.bulk import check_output_dir, render_dir
-    from ..optvis.cache import RenderCache
+    from ..explore import render_dir
+    from ..explore.bulk import check_output_dir
+    from ..optvis import RenderCache
 
     check_executor(executor, address, jobs)
     check_output_dir(output)  # before any work

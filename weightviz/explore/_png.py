@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-from ..figures._core import DIVERGING
-from ..optvis.image import to_uint8
+from ..figures import DIVERGING
+from ..optvis import to_uint8
 
 __all__ = ["crop_png", "encode", "fv_png", "heatmap_png", "rgb_png"]
 

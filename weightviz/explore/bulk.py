@@ -88,9 +88,18 @@ def render_dir(
     path, or ``None``). ``progress("render", done, total)`` as jobs finish. ``out`` must be new, empty,
     or an earlier output of this function.
     """
-    from .._device import model_device, to_device
-    from ..models import get_module, input_spec, model_hash, parse_units, resolve
-    from ..optvis.render import DEFAULT_STEPS, _probe_shapes, _resolve_cache
+    from ..models import (
+        get_module,
+        input_spec,
+        model_device,
+        model_hash,
+        parse_units,
+        probe_shapes,
+        resolve,
+        to_device,
+    )
+    from ..optvis import DEFAULT_STEPS
+    from ..optvis.cache import resolve_cache
 
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -101,12 +110,12 @@ def render_dir(
     check_output_dir(root)
     m = to_device(resolve(model), device)
     get_module(m, layer)  # unknown layer -> close matches
-    shape = _probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
+    shape = probe_shapes(m, [layer], input_spec(m).channels, size)[layer]
     spec = None if isinstance(units, str) and units.strip().lower() == "all" else units
     selected = parse_units(spec, shape[0], f"layer {layer!r}")
     if not selected:
         raise WeightvizError(f"no units selected by {units!r}")
-    store = _resolve_cache(cache)
+    store = resolve_cache(cache)
     salt = model_hash(m)
     settings = {"layer": layer, "size": size, "steps": steps or DEFAULT_STEPS, "seed": seed, "objective": objective}
     job_list = [Job("render", {"what": "bulk", **settings, "units": us}, tuple(bulk_file(layer, u) for u in us), salt)
@@ -168,10 +177,10 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
 
 def _bulk_init(model: nn.Module, cache: str | None, device: str = "cpu") -> tuple[nn.Module, Any]:
     """Worker state: the model on the worker's device and its render cache."""
-    from .._device import to_device
-    from ..optvis.render import _resolve_cache
+    from ..models import to_device
+    from ..optvis.cache import resolve_cache
 
-    return to_device(model, device), _resolve_cache(cache)
+    return to_device(model, device), resolve_cache(cache)
 
 
 def bulk_job(state: tuple[nn.Module, Any], job: Job) -> dict[str, bytes]:

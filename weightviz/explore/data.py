@@ -25,19 +25,18 @@ it drives most (expanded weights from this layer to that one).
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import WeightvizError, suggest
 from ..expand import rank_connections
-from ..models import LayerInfo, layers, model_hash, model_name, parse_units, resolve
+from ..models import model_hash, model_name, resolve
+from .config import Cancelled, ExploreConfig, _ComputeLock, _lru
+from .graph import LayerGraph, default_layers, explorable
 from .store import KeyLocks
 
 __all__ = [
@@ -49,183 +48,15 @@ __all__ = [
 
 _SCORE_BATCH = 32  # images per forward when the explorer scores a layer for its dataset examples
 
-_CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
-INPUT = None  # a source meaning "the model input"
-
-
-@dataclass(frozen=True)
-class ExploreConfig:
-    """Settings of an explorer build. FVs: ``size`` px, ``steps`` Adam steps, ``seed``; ``top_k``
-    inputs/outputs per unit; ``n_factors`` weight factors (one-sided NMF components) per unit;
-    ``factor_k`` inputs listed per factor; ``sources``: how many earlier explored layers (besides the
-    direct predecessor) a unit's inputs are expanded from; ``batch``: FVs per render batch;
-    ``factor_fvs``: render the FV of each factor direction. Cases panel (:func:`weightviz.cases` of each
-    unit's inputs from its primary source over an image set): ``cases`` per unit (0, the default here: no
-    panel; the CLI's ``explore``/``serve`` default to 2),
-    ``case_images`` images of side ``case_size`` px from folder ``images`` (``None``: the embedded set).
-    Dataset examples: ``examples`` crops per unit page (0: no section) from ``example_images`` images (a
-    seeded subset; ``None``: all) of folder ``images`` (``None``: the embedded set) at the model's input
-    size."""
-
-    size: int = 64
-    steps: int = 64
-    seed: int = 0
-    top_k: int = 8
-    n_factors: int = 3
-    factor_k: int = 5
-    sources: int = 1
-    batch: int = 32
-    factor_fvs: bool = True
-    cases: int = 0
-    case_images: int = 32
-    case_size: int = 96
-    images: str | None = None
-    examples: int = 9
-    example_images: int | None = 128
-
-    def __post_init__(self):
-        for name in ("size", "steps", "top_k", "n_factors", "factor_k", "batch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
-        from .._limits import check_size
-
-        check_size(self.size, "FV size")
-        if isinstance(self.sources, bool) or not isinstance(self.sources, int) or self.sources < 0:
-            raise WeightvizError(f"sources must be an integer >= 0, got {self.sources!r}")
-        if isinstance(self.cases, bool) or not isinstance(self.cases, int) or not 0 <= self.cases <= 6:
-            raise WeightvizError(f"cases must be an integer in 0..6 (0: no cases panel), got {self.cases!r}")
-        for name in ("case_images", "case_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (16 if name == "case_size" else 1):
-                raise WeightvizError(f"{name} must be an integer >= {16 if name == 'case_size' else 1}, got {v!r}")
-        if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 0:
-            raise WeightvizError(f"examples must be an integer >= 0 (0: no dataset examples), got {self.examples!r}")
-        n = self.example_images
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise WeightvizError(f"example_images must be a positive integer or None (all), got {n!r}")
-        if self.images is not None:
-            object.__setattr__(self, "images", str(self.images))
-
-    def key(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------ layers
-def explorable(model: nn.Module) -> list[LayerInfo]:
-    """Layers the explorer can show: conv layers and blocks (not pure containers such as
-    ``nn.Sequential``) whose output is a feature map ``[C, H, W]``, in definition order."""
-    out = []
-    for r in layers(model):
-        if r.kind not in ("weight", "block") or r.type in _CONTAINERS:
-            continue
-        if r.out_shape is None or len(r.out_shape) != 3 or not r.out_channels:
-            continue
-        out.append(r)
-    return out
-
-
-def _depth(name: str) -> int:
-    return name.count(".")
-
-
-def _is_ancestor(a: str, b: str) -> bool:
-    """True if module ``a`` contains module ``b``."""
-    return b.startswith(a + ".")
-
-
-def _related(a: str, b: str) -> bool:
-    """True if one of the two modules contains the other (their outputs are not a source/target pair)."""
-    return _is_ancestor(a, b) or _is_ancestor(b, a)
-
-
-def default_layers(model: nn.Module, limit: int = 8) -> list[str]:
-    """The layers explored when none are given: the outermost blocks (e.g. timm ``blocks.2.0``,
-    torchvision ``layer2.0``, ``inception3a``), or the conv layers of a model without blocks; if more
-    than ``limit``, only the *stage entries* (blocks that change the output shape), e.g. ``blocks.0.0``
-    ... ``blocks.6.0`` of EfficientNet-Lite0."""
-    rows = explorable(model)
-    blocks = [r for r in rows if r.kind == "block"]
-    pool = blocks or rows
-    outer = [r for r in pool if not any(_is_ancestor(o.name, r.name) for o in pool)]
-    if len(outer) > limit:
-        entries, prev = [], None
-        for r in outer:
-            if r.out_shape != prev:
-                entries.append(r)
-            prev = r.out_shape
-        outer = entries
-    return [r.name for r in outer]
 
 
 # ------------------------------------------------------------------------------------------ config
-def _lru(maxsize: int):
-    """A per-instance, thread-safe LRU memo for Explorer methods (hashable arguments). Concurrent calls
-    with the same arguments compute once: the others wait on that key's lock."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(self, *args):
-            memo: OrderedDict = self._memo.setdefault(fn.__name__, OrderedDict())
-            with self._memo_lock:
-                if args in memo:
-                    memo.move_to_end(args)
-                    return memo[args]
-            with self._key_locks(repr((fn.__name__, args))):
-                with self._memo_lock:
-                    if args in memo:
-                        return memo[args]
-                value = fn(self, *args)
-                with self._memo_lock:
-                    memo[args] = value
-                    while len(memo) > maxsize:
-                        memo.popitem(last=False)
-            return value
-
-        return wrapper
-
-    return deco
 
 
-@dataclass
-class Source:
-    """One source of a unit's inputs: ``layer`` (``None``: the model input), ``label`` for the page,
-    ``kind``: ``"direct"`` (the layer feeding ``dst``) or ``"expanded"``."""
-
-    layer: str | None
-    label: str
-    kind: str
-
-
-class Cancelled(RuntimeError):
-    """Raised inside computations of an :class:`Explorer` after :meth:`Explorer.cancel` (shutdown)."""
-
-
-class _ComputeLock:
-    """The re-entrant lock every model computation of an :class:`Explorer` takes; once ``cancel`` is set,
-    entering it raises :class:`Cancelled`, so queued computations stop instead of running one by one."""
-
-    def __init__(self, cancel: threading.Event):
-        self._lock = threading.RLock()
-        self._cancel = cancel
-
-    def __enter__(self) -> _ComputeLock:
-        self._lock.acquire()
-        if self._cancel.is_set():
-            self._lock.release()
-            raise Cancelled("the explorer is shutting down")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
-
-    def wait_idle(self) -> None:
-        """Block until no computation holds the lock (the one running, if any, has finished)."""
-        with self._lock:
-            pass
-
-
-class Explorer:
+class Explorer(LayerGraph):
     """A model plus the explored layers/units and :class:`ExploreConfig`; computes what pages show.
 
     ``layers``: names (or a comma-separated string) of the layers on the index (default
@@ -260,229 +91,15 @@ class Explorer:
         self.layers = self._resolve_layers(layers)
         self._units_spec = units
         self.units = {layer: self._select_units(layer, units) for layer in self.layers}
-        from ..optvis.render import _resolve_cache
+        from ..optvis.cache import resolve_cache
 
-        self.render_cache = _resolve_cache(render_cache)
+        self.render_cache = resolve_cache(render_cache)
         self.cancelled = threading.Event()
         self.compute_lock = _ComputeLock(self.cancelled)
         self._memo: dict[str, OrderedDict] = {}
         self._memo_lock = threading.Lock()
         self._key_locks = KeyLocks()
 
-    # ----------------------------------------------------------------------------- structure
-    def _resolve_layers(self, spec) -> list[str]:
-        if spec is None:
-            names = default_layers(self.model)
-        elif isinstance(spec, str):
-            names = [s.strip() for s in spec.split(",") if s.strip()]
-        else:
-            names = [str(s) for s in spec]
-        if not names:
-            raise WeightvizError("no layers to explore: pass --layers NAME,NAME (see `weightviz layers MODEL`)")
-        for n in names:
-            self.info(n)
-        names = list(dict.fromkeys(names))
-        return sorted(names, key=self._order.__getitem__)
-
-    def _select_units(self, layer: str, spec) -> list[int]:
-        n = self.channels(layer)
-        if spec is None:
-            return list(range(n))
-        if isinstance(spec, str) and ":" in spec and "," not in spec:
-            # a range is clipped to each layer's size ("0:16" on an 8-unit layer = all 8)
-            try:
-                bits = [int(b) if b.strip() else None for b in spec.split(":")]
-            except ValueError:
-                bits = []
-            if not 2 <= len(bits) <= 3 or bits[-1] == 0 and len(bits) == 3:
-                raise WeightvizError(f"cannot read units {spec!r}: use e.g. '0:16', '0:64:2' or '3,7,9'")
-            return list(range(n))[slice(*bits)]
-        if isinstance(spec, slice):
-            return list(range(n))[spec]
-        units = parse_units(spec, 1 << 30, what=f"layer {layer!r}")
-        return [u for u in units if u < n]
-
-    def info(self, layer: str) -> LayerInfo:
-        """The :class:`LayerInfo` of an explorable layer; unknown names raise :class:`WeightvizError`
-        with close matches."""
-        row = self._rows.get(layer) if isinstance(layer, str) else None
-        if row is None:
-            all_names = [r.name for r in layers(self.model)]
-            if isinstance(layer, str) and layer in all_names:
-                raise WeightvizError(
-                    f"layer {layer!r} cannot be explored (it needs a feature-map output [C, H, W] and must not be a "
-                    f"plain container).{suggest(layer, list(self._rows))}"
-                )
-            raise WeightvizError(f"unknown layer {layer!r}.{suggest(str(layer), list(self._rows))} "
-                                 "List layers with `weightviz layers MODEL`")
-        return row
-
-    def channels(self, layer: str) -> int:
-        return int(self.info(layer).out_channels)
-
-    def check_unit(self, layer: str, unit: int) -> int:
-        """Validate ``unit`` for ``layer`` (raises :class:`WeightvizError` if out of range)."""
-        return parse_units(int(unit), self.channels(layer), what=f"layer {layer!r}")[0]
-
-    @property
-    def all_layers(self) -> list[str]:
-        """Every explorable layer of the model, in definition order."""
-        return list(self._rows)
-
-    def is_explored(self, layer: str) -> bool:
-        return layer in self.units
-
-    def next_layer(self, layer: str) -> str | None:
-        """The next explored layer after ``layer`` (whose units the outputs panel shows)."""
-        pos = self._order[self.info(layer).name]
-        later = [n for n in self.layers if self._order[n] > pos and not _related(n, layer)]
-        return later[0] if later else None
-
-    @_lru(4096)
-    def predecessor(self, layer: str) -> str | None:
-        """The explorable layer whose output feeds ``layer`` (``None``: the model input).
-
-        Found by tracing one forward pass: the layer whose output tensor is ``layer``'s input (or
-        shares its storage, for in-place ops). If the input comes from a non-explorable op (pooling,
-        activation, a plain function), the nearest earlier layer in the module tree from which expanded
-        weights to ``layer`` exist is used (e.g. googlenet ``inception4a`` <- ``inception3b`` across
-        ``maxpool3``).
-        """
-        self.info(layer)
-        traced = self._traced_inputs().get(layer)
-        if traced is not None:
-            return traced
-        for n, cand in enumerate(self._earlier_in_tree(layer)):
-            if n >= 8:
-                break
-            try:
-                self.weights_from(cand, layer)
-                return cand
-            except WeightvizError:
-                continue
-        return INPUT
-
-    def _earlier_in_tree(self, layer: str):
-        """Explorable layers that may feed ``layer``, nearest first: the earlier siblings of ``layer``,
-        then of its parent, and so on up the module tree (a plain container stands for its last
-        explorable descendant, e.g. ``blocks.1`` for ``blocks.1.1``)."""
-        modules = dict(self.model.named_modules())
-
-        def children(name: str) -> list[str]:
-            return [f"{name}.{c}" if name else c for c, _ in modules[name].named_children()]
-
-        def last_explorable(name: str) -> str | None:
-            for c in reversed(children(name)):
-                if c in self._rows:
-                    return c
-                found = last_explorable(c)
-                if found:
-                    return found
-            return None
-
-        parts = layer.split(".")
-        for depth in range(len(parts), 0, -1):
-            node, parent = ".".join(parts[:depth]), ".".join(parts[:depth - 1])
-            sibs = children(parent)
-            for sib in reversed(sibs[:sibs.index(node)]):
-                cand = sib if sib in self._rows else last_explorable(sib)
-                if cand is not None:
-                    yield cand
-
-    @_lru(1)
-    def _traced_inputs(self) -> dict[str, str | None]:
-        """``{layer: producer}`` from one no-grad forward of a grey image, for every explorable layer
-        whose input is exactly (or in place of) another explorable layer's output."""
-        from ..models import input_spec
-
-        spec = input_spec(self.model)
-        produced: dict[int, str] = {}
-        found: dict[str, str | None] = {}
-        modules = dict(self.model.named_modules())
-        handles = []
-
-        def pre(name):
-            def hook(_m, args):
-                x = args[0] if args else None
-                if isinstance(x, torch.Tensor) and name not in found:
-                    owner = produced.get(id(x)) or produced.get(x.untyped_storage().data_ptr())
-                    if owner is not None:
-                        found[name] = owner
-            return hook
-
-        alive: list[torch.Tensor] = []  # keep outputs alive: a freed tensor's id/memory may be reused
-
-        def post(name):
-            def hook(_m, _args, out):
-                if isinstance(out, torch.Tensor):
-                    alive.append(out)
-                    produced[id(out)] = name
-                    produced[out.untyped_storage().data_ptr()] = name
-            return hook
-
-        was_training = self.model.training
-        try:
-            for name in self._rows:
-                handles.append(modules[name].register_forward_pre_hook(pre(name)))
-                handles.append(modules[name].register_forward_hook(post(name)))
-            self.model.eval()
-            p = next(self.model.parameters(), None)
-            kw = {"device": p.device if p is not None else "cpu", "dtype": p.dtype if p is not None else None}
-            # which module feeds which does not depend on the image size: try a small, cheap one first
-            for size in dict.fromkeys((min(64, spec.size), spec.size)):
-                try:
-                    with self.compute_lock, torch.no_grad():
-                        self.model(torch.zeros(1, spec.channels, size, size, **kw))
-                    break
-                except Exception:  # noqa: BLE001 - too small for this model: retry at its own size
-                    produced.clear()
-                    found.clear()
-                    alive.clear()
-        except Exception:  # noqa: BLE001 - tracing is best effort; the fallback search is exact
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-            self.model.train(was_training)
-        # an output consumed by an ancestor/descendant is a container relation, not data flow
-        return {k: v for k, v in found.items() if not _is_ancestor(v, k) and not _is_ancestor(k, v)}
-
-    def sources(self, layer: str) -> list[Source]:
-        """Where ``layer``'s inputs are shown from: its predecessor (direct) and up to
-        ``config.sources`` earlier explored layers (expanded weights)."""
-        pred = self.predecessor(layer)
-        out = [Source(pred, f"direct: {pred or 'model input'}", "direct")]
-        pos = self._order[layer]
-        earlier = [n for n in self.layers if self._order[n] < pos and n != pred and not _related(n, layer)]
-        for n in reversed(earlier[-self.config.sources:] if self.config.sources else []):
-            out.append(Source(n, f"expanded from {n}", "expanded"))
-        return out
-
-    def primary_source(self, layer: str) -> str | None:
-        """The source of a layer's NMF images: the previous explored layer if there is one (expanded
-        weights show more structure), else the predecessor."""
-        srcs = self.sources(layer)
-        return srcs[1].layer if len(srcs) > 1 else srcs[0].layer
-
-    def source_choices(self, layer: str, limit: int = 60) -> list[str]:
-        """Earlier layers a user may pick to expand from (live server): same kind as ``layer``, nearest
-        first, plus the model input."""
-        kind = self.info(layer).kind
-        pos = self._order[layer]
-        earlier = [n for n, r in self._rows.items() if self._order[n] < pos and r.kind == kind
-                   and not _related(n, layer)]
-        return list(reversed(earlier))[:limit]
-
-    def source_for(self, layer: str, src: str | None) -> Source:
-        """A :class:`Source` for an arbitrary earlier layer (or the input)."""
-        if src is not None:
-            self.info(src)
-            if self._order[src] >= self._order[layer] or _related(src, layer):
-                raise WeightvizError(f"source {src!r} does not come before {layer!r}; choose an earlier layer")
-        pred = self.predecessor(layer)
-        if src == pred:
-            return Source(src, f"direct: {src or 'model input'}", "direct")
-        return Source(src, f"expanded from {src or 'model input'}", "expanded")
 
     # ---------------------------------------------------------------------------- weights
     @_lru(24)
@@ -507,7 +124,7 @@ class Explorer:
         ``A`` ``[C, K*K, F]`` (spatial factors), ``H`` ``[C, F, 2*C_src]`` (channel factors); for weights
         straight from a 3-channel input, ``image`` is :func:`weightviz.rgb_weights` and there are no
         factors."""
-        from ..factor import nmf_image, rgb_weights
+        from ..stats import nmf_image, rgb_weights
 
         W = self.weights_from(src, dst)
         if src is None and W.shape[1] == 3:
@@ -522,7 +139,7 @@ class Explorer:
         """Per-unit banding score (:func:`weightviz.banding_score`) of the NMF factor maps (raw weights
         for <= 3 input channels), with the permutation p-values of
         :func:`weightviz.metrics.banding_test`; ``None`` for 1x1 kernels."""
-        from ..metrics import banding_score, banding_test
+        from ..stats import banding_score, banding_test
 
         W = self.weights_from(src, dst)
         if W.shape[2] < 2 or W.shape[3] < 2:
@@ -561,7 +178,7 @@ class Explorer:
         """Weight factors of ``unit`` (one-sided NMF of its weights from ``src``): per factor its
         colour, spatial map ``[K, K]`` (non-negative), signed direction over ``src`` channels
         ``H[f, :C] - H[f, C:]`` and the ``factor_k`` channels loading most on it."""
-        from ..factor import factor_colors
+        from ..stats import factor_colors
 
         nm = self.nmf(dst, src)
         if nm["A"] is None:
@@ -591,13 +208,13 @@ class Explorer:
     def render_units(self, layer: str, units: Sequence[int]) -> torch.Tensor:
         """FVs of ``units`` of ``layer``: ``[U, C, size, size]`` in [0, 1] (one batched
         :func:`weightviz.render` call, channel objectives, through the render cache)."""
-        from .. import objectives as obj
+        from ..optvis import objectives as obj
 
         return self._render([obj.channel(layer, int(u)) for u in units])
 
     def render_directions(self, layer: str, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """FVs of directions (vectors over ``layer``'s channels): ``[N, C, size, size]``."""
-        from .. import objectives as obj
+        from ..optvis import objectives as obj
 
         return self._render([obj.direction(layer, torch.as_tensor(v, dtype=torch.float32)) for v in vectors])
 
@@ -606,7 +223,7 @@ class Explorer:
     def image_set(self):
         """The image set of the cases panels (``config.images`` or the embedded set, ``case_images``
         images of ``case_size`` px, normalized for the model); :func:`weightviz.images`."""
-        from ..imageset import images
+        from ..data import images
 
         cfg = self.config
         return images(cfg.images, model=self.model, size=cfg.case_size, n=cfg.case_images, seed=cfg.seed)
@@ -651,7 +268,7 @@ class Explorer:
     def example_image_set(self):
         """The image set of the dataset examples (folder :attr:`ExploreConfig.images` or the embedded set,
         ``example_images`` of them, seeded, at the model's input size), normalized for the model."""
-        from ..imageset import images
+        from ..data import images
 
         cfg = self.config
         with self.compute_lock:
@@ -664,7 +281,7 @@ class Explorer:
     def layer_scores(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """Every unit's activation on every image of :meth:`image_set`: :func:`weightviz.examples.layer_scores`
         (values ``[N, C]``, positions ``[N, C, 2]``, output shape), one batched pass for the whole layer."""
-        from ..examples import layer_scores
+        from ..conditioned import layer_scores
 
         imgs = self.example_image_set()
         with self.compute_lock:  # a fixed batch, not the device default: with batches of 4 the scores of local
@@ -675,7 +292,7 @@ class Explorer:
     def unit_examples(self, layer: str, unit: int):
         """The dataset examples of ``unit`` (:class:`weightviz.TopExamples`, ``config.examples`` of them),
         from the layer's memoized scores (no forward per unit)."""
-        from ..examples import select
+        from ..conditioned import select
 
         values, positions, shape = self.layer_scores(layer)
         imgs = self.example_image_set()

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .._io import atomic_path
 from ..errors import WeightvizError
+from ..utils.io import atomic_path
 
 __all__ = [
     "JOB_KINDS",

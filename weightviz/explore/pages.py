@@ -21,7 +21,8 @@ from ..errors import WeightvizError
 from ..models import is_random_init, model_label
 from . import _png
 from . import paths as P
-from .data import Explorer, Source
+from .config import Source
+from .data import Explorer
 
 __all__ = [
     "cases_data",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,15 @@ import torch
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure as _MplFigure
 
-from .._io import atomic_path
 from ..errors import WeightvizError
+from ..utils.io import atomic_path
 
 __all__ = [
     "DIVERGING",
     "DIVERGING_STOPS",
     "Figure",
     "as_images",
+    "image_array",
     "heatmap",
     "heatmap_grid",
     "image_grid",
@@ -113,7 +115,7 @@ def new_figure(width: float, height: float) -> _MplFigure:
     return _MplFigure(figsize=(max(width, 0.5), max(height, 0.5)), layout=None)
 
 
-def as_images(images: Any) -> np.ndarray:
+def image_array(images: Any) -> np.ndarray:
     """Normalize images to a float array ``[N, H, W, C]`` in [0, 1] with C in {1, 3, 4}.
 
     Accepts ``[N, H, W, C]`` or ``[N, C, H, W]`` (torch or numpy, float in [0,1] or uint8), or a list of
@@ -131,6 +133,14 @@ def as_images(images: Any) -> np.ndarray:
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def as_images(images: Any) -> np.ndarray:
+    """Deprecated name of :func:`image_array` (``weightviz.as_images`` makes an image *set*; this one an
+    array): kept so existing code runs, with a ``DeprecationWarning``."""
+    warnings.warn("weightviz.figures.as_images is deprecated: use weightviz.figures.image_array (an array "
+                  "[N, H, W, C]); weightviz.as_images makes an ImageSet", DeprecationWarning, stacklevel=2)
+    return image_array(images)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -162,12 +172,12 @@ def image_grid(
 ) -> Figure:
     """A grid of images with a label under each.
 
-    ``images``: ``[N, H, W, C]`` / ``[N, C, H, W]`` in [0, 1] (see :func:`as_images`); ``labels``: N
+    ``images``: ``[N, H, W, C]`` / ``[N, C, H, W]`` in [0, 1] (see :func:`image_array`); ``labels``: N
     strings. Pixel images (small kernels) are drawn with nearest-neighbour sampling.
 
     >>> image_grid(torch.rand(4, 3, 5, 5), ["a", "b", "c", "d"]).save("grid.png")  # doctest: +SKIP
     """
-    arr = as_images(images)
+    arr = image_array(images)
     n = arr.shape[0]
     if n == 0:
         raise WeightvizError("nothing to draw: the image list is empty")

@@ -38,7 +38,7 @@ class FVOptions:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        from .._limits import check_size
+        from ..utils.limits import check_size
 
         check_size(self.size, "FV size")
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)

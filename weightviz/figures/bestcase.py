@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import register_figure
+from ..conditioned import BestCase
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, fv_options
 from ._layout import LABEL_H, Canvas
+from ._registry import register_figure
 
 __all__ = ["best_case", "best_case_figure"]
 
@@ -75,7 +76,7 @@ def best_case_figure(result: Any, k: int = 8, model: nn.Module | None = None, *,
     return cv.figure(data, title=title)
 
 
-@register_figure("best-case")
+@register_figure("best-case", result=(BestCase, best_case_figure))
 def best_case(
     model: nn.Module | str | None,
     src: str,
@@ -98,8 +99,8 @@ def best_case(
     expanded weight on one scale (``k`` strongest channels when ``src_unit`` is None), labelled with the
     FVs of the ``src`` channels (``size``, ``steps``, ``fv=False``: none). ``.data``: ``ratio``,
     ``channels``, ``vmax``."""
-    from ..bestcase import STEPS
-    from ..bestcase import best_case as compute
+    from ..conditioned import STEPS
+    from ..conditioned import best_case as compute
     from ..models import resolve
 
     model = resolve(model)

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..conditioned import Cases, DataWeights
 from ..errors import WeightvizError
-from . import register_figure
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
+from ._registry import register_figure
 
 __all__ = ["cases", "cases_figure", "data_weights", "data_weights_figure"]
 
@@ -46,44 +47,6 @@ def _src_name(src: str | None) -> str:
     return src if src is not None else "input"
 
 
-@register_figure("cases")
-def cases(
-    model: nn.Module | str | None,
-    src: str | None,
-    dst: str,
-    unit: int,
-    images: Any = None,
-    n_cases: int = 2,
-    *,
-    k: int = 6,
-    n_examples: int = 4,
-    position: Any = "max",
-    nmf_seed: int = 0,
-    batch_size: int | None = None,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
-) -> Figure:
-    """The cases of the connection ``src -> dst[unit]`` over an image set (:func:`weightviz.cases`),
-    drawn by :func:`cases_figure`. ``images``: an image set, a folder or a prepared tensor (default: the
-    embedded images).
-
-    >>> cases("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5, n_cases=2).save("cases.png")  # doctest: +SKIP
-    """
-    from ..conditioned import cases as compute
-
-    k = _check_pos_int(k, "k")
-    n_examples = _check_pos_int(n_examples, "n_examples")
-    fv_options(size, steps, seed, cache, progress, fv)   # bad FV options fail before the data pass
-    res = compute(model, src, dst, unit, images, n_cases, position=position, k=k, n_examples=n_examples,
-                  seed=nmf_seed, batch_size=batch_size, progress=progress)
-    return cases_figure(res, k=k, n_examples=n_examples, size=size, steps=steps, seed=seed, cache=cache,
-                        progress=progress, fv=fv)
-
-
 def cases_figure(
     res: Any,
     *,
@@ -96,7 +59,7 @@ def cases_figure(
     progress: bool = True,
     fv: bool = True,
 ) -> Figure:
-    """Draw a :class:`weightviz.Cases` (``Cases.figure()`` calls this).
+    """Draw a :class:`weightviz.Cases` (``weightviz.figures.cases(result)`` calls this).
 
     One row per case: the images that load most on it (crops of what the unit's chosen position reads),
     then its ``k`` strongest input channels, each as the FV of the ``src`` channel, the case's gradient
@@ -187,48 +150,6 @@ def cases_figure(
     return _marked(cv.figure(data, title=title), m)
 
 
-def _marked(fig: Figure, model: nn.Module) -> Figure:
-    """The "random init" footer of registered figures, for figures drawn from a result."""
-    from ..models import is_random_init
-
-    if is_random_init(model):
-        fig.mark_random_init()
-    return fig
-
-
-@register_figure("data-weights")
-def data_weights(
-    model: nn.Module | str | None,
-    src: str | None,
-    dst: str,
-    unit: int,
-    images: Any = None,
-    *,
-    n_examples: int = 6,
-    k: int = 6,
-    position: Any = "max",
-    attribution: bool = False,
-    batch_size: int | None = None,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
-) -> Figure:
-    """Per-example connections (:func:`weightviz.data_weights`) drawn by :func:`data_weights_figure`.
-
-    >>> data_weights("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5).save("dw.png")  # doctest: +SKIP
-    """
-    from ..conditioned import data_weights as compute
-
-    fv_options(size, steps, seed, cache, progress, fv)
-    d = compute(model, src, dst, unit, images, position=position, attribution=attribution, batch_size=batch_size,
-                progress=progress)
-    return data_weights_figure(d, n_examples=n_examples, k=k, size=size, steps=steps, seed=seed, cache=cache,
-                               progress=progress, fv=fv)
-
-
 def data_weights_figure(
     d: Any,
     *,
@@ -241,7 +162,7 @@ def data_weights_figure(
     progress: bool = True,
     fv: bool = True,
 ) -> Figure:
-    """Draw a :class:`weightviz.DataWeights` (``DataWeights.figure()`` calls this): the ``n_examples``
+    """Draw a :class:`weightviz.DataWeights` (``weightviz.figures.data_weights(result)`` calls this): the ``n_examples``
     images on which the unit is most active, one row each (the crop it reads, then its gradient for the
     ``k`` inputs strongest on average over those rows), with the expanded weight of the same inputs as the
     last row, all on one shared scale; FVs of the inputs on top."""
@@ -291,3 +212,85 @@ def data_weights_figure(
     data = {"figure": "data-weights", "src": src, "dst": dst, "unit": unit, "examples": order, "inputs": chans,
             "vmax": vmax, "attribution": d.attribution, "fv": opts.enabled, "units": [unit]}
     return _marked(cv.figure(data, title=title), m)
+
+
+def _marked(fig: Figure, model: nn.Module) -> Figure:
+    """The "random init" footer of registered figures, for figures drawn from a result."""
+    from ..models import is_random_init
+
+    if is_random_init(model):
+        fig.mark_random_init()
+    return fig
+
+
+@register_figure("cases", result=(Cases, cases_figure))
+def cases(
+    model: nn.Module | str | None,
+    src: str | None,
+    dst: str,
+    unit: int,
+    images: Any = None,
+    n_cases: int = 2,
+    *,
+    k: int = 6,
+    n_examples: int = 4,
+    position: Any = "max",
+    nmf_seed: int = 0,
+    batch_size: int | None = None,
+    size: int = 96,
+    steps: int | None = None,
+    seed: int = 0,
+    cache: Any = True,
+    progress: bool = True,
+    fv: bool = True,
+) -> Figure:
+    """The cases of the connection ``src -> dst[unit]`` over an image set (:func:`weightviz.cases`),
+    drawn by :func:`cases_figure`. ``images``: an image set, a folder or a prepared tensor (default: the
+    embedded images).
+
+    >>> cases("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5, n_cases=2).save("cases.png")  # doctest: +SKIP
+    """
+    from ..conditioned import cases as compute
+
+    k = _check_pos_int(k, "k")
+    n_examples = _check_pos_int(n_examples, "n_examples")
+    fv_options(size, steps, seed, cache, progress, fv)   # bad FV options fail before the data pass
+    res = compute(model, src, dst, unit, images, n_cases, position=position, k=k, n_examples=n_examples,
+                  seed=nmf_seed, batch_size=batch_size, progress=progress)
+    return cases_figure(res, k=k, n_examples=n_examples, size=size, steps=steps, seed=seed, cache=cache,
+                        progress=progress, fv=fv)
+
+
+@register_figure("data-weights", result=(DataWeights, data_weights_figure))
+def data_weights(
+    model: nn.Module | str | None,
+    src: str | None,
+    dst: str,
+    unit: int,
+    images: Any = None,
+    *,
+    n_examples: int = 6,
+    k: int = 6,
+    position: Any = "max",
+    attribution: bool = False,
+    batch_size: int | None = None,
+    size: int = 96,
+    steps: int | None = None,
+    seed: int = 0,
+    cache: Any = True,
+    progress: bool = True,
+    fv: bool = True,
+) -> Figure:
+    """Per-example connections (:func:`weightviz.data_weights`) drawn by :func:`data_weights_figure`.
+
+    >>> data_weights("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5).save("dw.png")  # doctest: +SKIP
+    """
+    from ..conditioned import data_weights as compute
+
+    fv_options(size, steps, seed, cache, progress, fv)
+    d = compute(model, src, dst, unit, images, position=position, attribution=attribution, batch_size=batch_size,
+                progress=progress)
+    return data_weights_figure(d, n_examples=n_examples, k=k, size=size, steps=steps, seed=seed, cache=cache,
+                               progress=progress, fv=fv)
+
+

@@ -25,10 +25,10 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import layers, resolve
-from . import register_figure
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, FVOptions, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas, fade_to_white
+from ._registry import register_figure
 from ._wiring import connection, units_of
 
 __all__ = ["expanded", "family_grid", "small_multiples", "spatial_positions", "top_inputs"]

@@ -8,9 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from . import register_figure
+from ..conditioned import TopExamples
 from ._core import Figure
 from ._layout import Canvas
+from ._registry import register_figure
 
 __all__ = ["examples_figure", "top_examples"]
 
@@ -50,7 +51,7 @@ def examples_figure(result: Any, ncols: int | None = None, cell: float = 1.15, t
     return cv.figure(data, title=title or f"{head}: top {n} dataset examples")
 
 
-@register_figure("top-examples")
+@register_figure("top-examples", result=(TopExamples, examples_figure))
 def top_examples(
     model: nn.Module | str | None,
     layer: str,
@@ -66,8 +67,8 @@ def top_examples(
     """The ``k`` images that activate ``unit`` of ``layer`` most, cropped to its receptive field at the
     most active position, labelled with their activation (:func:`weightviz.top_examples`; ``images`` as
     there, default the embedded natural images). ``.data``: ``indices``, ``values``, ``fires``."""
-    from ..examples import top_examples as compute
+    from ..conditioned import top_examples as compute
 
     cb = progress if callable(progress) else None
-    return compute(model, layer, unit, images, k, position=position, batch_size=batch_size,
-                   progress=cb).figure(ncols=ncols)
+    return examples_figure(compute(model, layer, unit, images, k, position=position, batch_size=batch_size,
+                   progress=cb), ncols=ncols)

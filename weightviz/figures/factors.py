@@ -13,10 +13,10 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import resolve
-from . import register_figure
 from ._core import Figure, shared_scale
 from ._fv import fv_options
 from ._layout import LABEL_H, Canvas
+from ._registry import register_figure
 from ._wiring import connection, units_of
 
 __all__ = ["factorize_family", "weight_factors"]
@@ -38,7 +38,7 @@ def factorize_family(W: torch.Tensor, n_factors: int = 2, seed: int = 0, iters: 
     >>> out["maps"].shape, out["directions"].shape
     (torch.Size([2, 15, 5, 5]), torch.Size([2, 64]))
     """
-    from ..factor import nmf
+    from ..stats import nmf
 
     if not isinstance(W, torch.Tensor) or W.dim() != 4:
         raise WeightvizError(f"family weights must be a tensor [N, C_in, K, K], got "

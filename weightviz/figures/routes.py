@@ -17,10 +17,10 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import resolve
-from . import register_figure
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, fv_options
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
+from ._registry import register_figure
 from ._wiring import units_of
 
 __all__ = ["paths"]

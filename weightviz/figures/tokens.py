@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _tokens
 from ..errors import WeightvizError
 from ..models import fixed_input_size, layers, resolve
-from . import register_figure
+from ..models import tokens as _tokens
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, fv_options
 from ._layout import EXCITATORY, INHIBITORY, Canvas
+from ._registry import register_figure
 
 __all__ = ["token_weights"]
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import layers, model_name, parse_units, resolve, weights
-from . import register_figure
 from ._core import Figure, image_grid
+from ._registry import register_figure
 
 __all__ = ["factor_inputs", "first_conv", "nmf_grid", "rgb_weights_grid"]
 
@@ -52,7 +52,7 @@ def nmf_grid(
 
     >>> nmf_grid("efficientnet_lite0", "conv_stem", units="0:16", shared=True).save("stem.png")  # doctest: +SKIP
     """
-    from ..factor import nmf_image
+    from ..stats import nmf_image
 
     model = resolve(model)
     W = weights(model, layer)  # [C_out, C_in/groups, kh, kw]
@@ -145,7 +145,7 @@ def rgb_weights_grid(
 
     >>> rgb_weights_grid("efficientnet_lite0").save("stem_rgb.png")  # doctest: +SKIP
     """
-    from ..factor import rgb_weights
+    from ..stats import rgb_weights
 
     model = resolve(model)
     layer = layer or first_conv(model)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_path
 from ..errors import WeightvizError
+from ..utils.io import atomic_path
 
-__all__ = ["RenderCache"]
+__all__ = ["RenderCache", "resolve_cache"]
 
 
 class RenderCache:
@@ -89,3 +89,17 @@ class RenderCache:
                 f.unlink(missing_ok=True)
                 n += 1
         return n
+
+
+def resolve_cache(cache) -> RenderCache | None:
+    """A ``cache=`` argument -> a :class:`RenderCache` or ``None``: ``None``/``False`` none, ``True`` the
+    default directory, a path, or a cache itself."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return RenderCache()
+    if isinstance(cache, RenderCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return RenderCache(cache)
+    raise WeightvizError(f"cache must be None, True, a path or a RenderCache, got {type(cache).__name__}")

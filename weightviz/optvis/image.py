@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_path
 from ..errors import WeightvizError
+from ..utils.io import atomic_path
 
 __all__ = ["grid", "load_png", "save_png", "to_uint8"]
 

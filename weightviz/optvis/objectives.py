@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .. import _tokens
 from ..errors import WeightvizError
+from ..models import tokens as _tokens
 
 __all__ = ["Objective", "channel", "direction", "direction_neuron", "neuron"]
 

@@ -25,12 +25,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._limits import MAX_SIZE, MIN_SIZE, check_size
-from .._progress import progress as _progress
 from ..errors import WeightvizError
-from ..models import fixed_input_size, input_spec, model_hash, resolve
-from ._hooks import Capture, RedirectReLU, SmoothReLU, activations, frozen
-from .cache import RenderCache
+from ..models import (
+    Capture,
+    activations,
+    device_dtype,
+    fixed_input_size,
+    frozen,
+    input_spec,
+    model_hash,
+    probe_shapes,
+    resolve,
+)
+from ..utils.limits import MAX_SIZE, MIN_SIZE, check_size
+from ..utils.progress import progress as _progress
+from ._relu import RedirectReLU, SmoothReLU
+from .cache import RenderCache, resolve_cache
 from .image import grid, save_png, to_uint8
 from .objectives import Objective
 from .param import FourierImage
@@ -101,18 +111,6 @@ def _as_objectives(objective) -> tuple[list[Objective], bool]:
     return objs, False
 
 
-def _resolve_cache(cache) -> RenderCache | None:
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        return RenderCache()
-    if isinstance(cache, RenderCache):
-        return cache
-    if isinstance(cache, (str, os.PathLike)):
-        return RenderCache(cache)
-    raise WeightvizError(f"cache must be None, True, a path or a RenderCache, got {type(cache).__name__}")
-
-
 def _positive_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise WeightvizError(f"{name} must be a positive integer, got {v!r}")
@@ -178,14 +176,14 @@ def render(
     smooth_relu = _betas(smooth_relu)
     model = resolve(model)
     spec = input_spec(model)
-    store = _resolve_cache(cache)
+    store = resolve_cache(cache)
     # a model with a fixed input size (ViT, Swin) sees the image upsampled to it (as lucent does)
     fixed = fixed_input_size(model)
     model_size = fixed if fixed is not None and fixed != size else None
 
     # validate every objective (layer names, units, vector lengths, positions) before any optimization
     layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
-    shapes = _probe_shapes(model, layer_names, spec.channels, model_size or size)
+    shapes = probe_shapes(model, layer_names, spec.channels, model_size or size)
     for o in objs:
         o.check(shapes)
 
@@ -240,21 +238,6 @@ def render(
     )
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def _probe_shapes(model: nn.Module, layer_names: list[str], channels: int, size: int) -> dict[str, tuple[int, ...]]:
-    """Output shapes ``{layer: (C, H, W)}`` of the target layers for a grey ``[1, C, size, size]`` image."""
-    device, dtype = _device_dtype(model)
-    x = input_spec(model).normalize(torch.full((1, channels, size, size), 0.5, device=device, dtype=dtype))
-    with torch.no_grad():
-        acts = activations(model, x, layer_names)
-    return {k: tuple(v.shape[1:]) for k, v in acts.items()}
-
-
 def _betas(smooth) -> tuple[float, float] | None:
     if smooth is None:
         return None
@@ -286,7 +269,7 @@ def _to_model(img: torch.Tensor, spec, dtype, model_size: int | None) -> torch.T
 
 def _render_batch(model, objs, spec, size, steps, seed, lr, redirect_steps, transforms, decorrelate, advance,
                   callback=None, model_size=None, smooth=None):
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     g = torch.Generator().manual_seed(seed)
     param = FourierImage(len(objs), spec.channels, size, decorrelate=decorrelate, generator=g, device=device)
     opt = torch.optim.Adam(param.parameters(), lr=lr)

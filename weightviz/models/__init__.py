@@ -1,0 +1,28 @@
+"""Models: loading by spec (:mod:`.load`), the layer table and weights (:mod:`.layers`), inputs and
+preprocessing (:mod:`.inputs`), devices (:mod:`.device`), token layouts (:mod:`.tokens`) and the hooks
+that read layer outputs inside a context (:mod:`.hooks`)."""
+
+from . import tokens
+from .device import DEVICE_CHOICES, device_dtype, model_device, resolve_device, to_device
+from .hooks import Capture, activations, frozen, probe_shapes
+from .inputs import InputSpec, fixed_input_size, input_spec, preprocess
+from .layers import LayerInfo, LayerTable, get_module, layers, parse_units, weights
+from .load import (
+    DEFAULT_MODEL,
+    check_finite,
+    default_cache_dir,
+    is_random_init,
+    load_model,
+    model_hash,
+    model_label,
+    model_name,
+    resolve,
+)
+
+__all__ = [
+    "DEFAULT_MODEL", "DEVICE_CHOICES", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
+    "check_finite", "default_cache_dir", "device_dtype", "fixed_input_size", "frozen", "get_module",
+    "input_spec", "is_random_init", "layers", "load_model", "model_device", "model_hash", "model_label",
+    "model_name", "parse_units", "preprocess", "probe_shapes", "resolve", "resolve_device", "to_device",
+    "tokens", "weights",
+]

@@ -1,0 +1,290 @@
+"""The layers of a model: the layer table (:func:`layers`), lookup with close-match suggestions
+(:func:`get_module`), raw weights (:func:`weights`) and unit lists (:func:`parse_units`).
+
+Layer names are exactly those of ``model.named_modules()``.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import WeightvizError, suggest
+from .inputs import fixed_input_size, input_spec
+from .tokens import layout as _layout
+
+__all__ = ["LayerInfo", "LayerTable", "get_module", "layers", "parse_units", "weights"]
+
+
+# ---------------------------------------------------------------------------------------------- layers
+_WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One addressable layer: a module with conv/linear weights, a norm layer, or a block (container).
+
+    ``weight_shape`` is the module's own weight shape (``None`` for blocks), ``out_channels`` the
+    number of output channels (from the weights, or measured by one forward pass), ``out_shape`` the
+    measured output shape ``[C, H, W]`` at the model's input size (token layers: ``[N, C]`` or channels-last
+    ``[H, W, C]``, read by :mod:`weightviz._tokens`; ``None`` if unknown).
+    """
+
+    name: str
+    type: str
+    weight_shape: tuple[int, ...] | None
+    out_channels: int | None
+    groups: int = 1
+    kernel: tuple[int, ...] | None = None
+    stride: tuple[int, ...] | None = None
+    out_shape: tuple[int, ...] | None = None
+    kind: str = "weight"  # "weight" | "norm" | "block"
+
+
+@dataclass
+class LayerTable(Sequence):
+    """The addressable layers of a model, in forward-definition order. Index by position or name."""
+
+    rows: list[LayerInfo] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for r in self.rows:
+                if r.name == key:
+                    return r
+            raise WeightvizError(f"unknown layer {key!r}.{suggest(key, self.names)}")
+        return self.rows[key]
+
+    def __contains__(self, key) -> bool:
+        return any(r.name == key for r in self.rows) if isinstance(key, str) else key in self.rows
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rows]
+
+    def with_weights(self) -> LayerTable:
+        """Only the conv/linear layers."""
+        return LayerTable([r for r in self.rows if r.kind == "weight"])
+
+    def blocks(self) -> LayerTable:
+        """Only the container modules (blocks), e.g. ``blocks.1.0`` in timm models."""
+        return LayerTable([r for r in self.rows if r.kind == "block"])
+
+    def _lines(self) -> list[tuple[str, ...]]:
+        def fmt(t):
+            return "x".join(str(v) for v in t) if t else "-"
+
+        return [
+            (r.name, r.type, fmt(r.weight_shape), str(r.out_channels or "-"), str(r.groups), fmt(r.out_shape))
+            for r in self.rows
+        ]
+
+    _HEAD = ("name", "type", "weight [C_out,C_in,kh,kw]", "C_out", "groups", "output [C,H,W]")
+
+    def __repr__(self) -> str:
+        lines = [self._HEAD, *self._lines()]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(self._HEAD))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        head = "".join(f"<th>{escape(h)}</th>" for h in self._HEAD)
+        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>" for line in self._lines())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pair(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[int, LayerTable]] = weakref.WeakKeyDictionary()
+
+
+def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
+    """List the layers worth addressing: conv/linear modules, norm layers and blocks (containers), and the
+    parameter-free layers a model lists in ``weightviz_named_layers`` (ReLUs, pools, concatenations).
+
+    Names are those of ``model.named_modules()``. Output shapes are measured with one forward pass of
+    a zero image ``[1, C, S, S]`` (``S`` = ``input_size`` or the model's input size); if that forward
+    fails (not an image model), ``out_shape`` stays ``None``.
+    """
+    key = input_size or 0
+    cached = _LAYER_CACHE.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    shapes = _measure_output_shapes(model, input_size)
+    rows = []
+    # parameter-free layers a model names as addressable (the article's InceptionV1: conv2d0, mixed3a, ...)
+    named = set(getattr(model, "weightviz_named_layers", ()))
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        children = any(True for _ in m.children())
+        w = getattr(m, "weight", None)
+        if isinstance(m, _WEIGHT_TYPES) or (
+            not children and isinstance(w, torch.Tensor) and w.dim() in (2, 4) and not isinstance(m, _NORM_TYPES)
+        ):
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else None
+            is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+            rows.append(
+                LayerInfo(
+                    name=name,
+                    type=type(m).__name__,
+                    weight_shape=shape,
+                    out_channels=shape[0] if shape else None,
+                    groups=int(getattr(m, "groups", 1)),
+                    kernel=_pair(m.kernel_size) if is_conv else None,
+                    stride=_pair(m.stride) if is_conv else None,
+                    out_shape=shapes.get(name),
+                    kind="weight",
+                )
+            )
+        elif isinstance(m, _NORM_TYPES) or children or name in named:
+            out = shapes.get(name)
+            rows.append(
+                LayerInfo(
+                    name=name,
+                    type=type(m).__name__,
+                    weight_shape=None,
+                    out_channels=_layout(out).channels if out else getattr(m, "num_features", None),
+                    out_shape=out,
+                    kind="norm" if isinstance(m, _NORM_TYPES) else "block",
+                )
+            )
+    table = LayerTable(rows)
+    _LAYER_CACHE[model] = (key, table)
+    return table
+
+
+def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str, tuple[int, ...]]:
+    spec = input_spec(model)
+    size = input_size or fixed_input_size(model) or spec.size
+    try:
+        p = next(model.parameters())
+        device, dtype = p.device, p.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make_hook(name):
+        def hook(_m, _inp, out):
+            if isinstance(out, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(out.shape[1:])
+
+        return hook
+
+    was_training = model.training
+    try:
+        for name, m in model.named_modules():
+            if name:
+                handles.append(m.register_forward_hook(make_hook(name)))
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, spec.channels, size, size, device=device, dtype=dtype))
+    except Exception:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (as in ``named_modules()``); unknown names raise
+    :class:`WeightvizError` suggesting the closest names."""
+    if not isinstance(name, str):
+        raise WeightvizError(f"layer name must be a string, got {type(name).__name__}")
+    if name:
+        try:  # fast path (no walk over all modules); names are those of named_modules()
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    raise WeightvizError(f"unknown layer {name!r}.{suggest(name, [n for n in modules if n])} "
+                         "List layers with `weightviz layers MODEL`")
+
+
+def weights(model: nn.Module, layer: str, dense: bool = False) -> torch.Tensor:
+    """The weights of one layer as a float tensor ``[C_out, C_in, kh, kw]``.
+
+    Linear layers come as ``[out, in, 1, 1]``, Conv1d as ``[C_out, C_in, 1, k]``. A grouped or depthwise
+    conv's tensor has ``C_in / groups`` input channels; with ``dense=True`` it is expanded to the full
+    ``C_in`` with zeros outside each output channel's group, so ``W[o, i]`` is always "input i to output o".
+    Returns a detached copy (float32, on the model's device).
+    """
+    m = get_module(model, layer)
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() not in (2, 3, 4):
+        raise WeightvizError(
+            f"layer {layer!r} ({type(m).__name__}) has no conv/linear weight; choose one of "
+            "`weightviz layers MODEL` with a weight shape"
+        )
+    w = w.detach().float().clone()
+    if not torch.isfinite(w).all():
+        raise WeightvizError(f"non-finite weights (NaN or Inf) in layer {layer!r}")
+    if w.dim() == 2:
+        w = w[:, :, None, None]
+    elif w.dim() == 3:
+        w = w[:, :, None, :]
+    groups = int(getattr(m, "groups", 1))
+    if dense and groups > 1:
+        c_out, c_in_g, kh, kw = w.shape
+        out_g = c_out // groups
+        full = w.new_zeros(c_out, c_in_g * groups, kh, kw)
+        for g in range(groups):
+            full[g * out_g:(g + 1) * out_g, g * c_in_g:(g + 1) * c_in_g] = w[g * out_g:(g + 1) * out_g]
+        w = full
+    return w
+
+
+# ----------------------------------------------------------------------------------------------- units
+def parse_units(units: int | str | Iterable[int] | slice | None, n: int, what: str = "layer") -> list[int]:
+    """Normalize a unit selection against ``n`` channels: ``None`` (all), an int, ``"0:32"``,
+    ``"3,7,9"``, ``"0:64:2"``, a slice or an iterable of ints. Out-of-range units raise
+    :class:`WeightvizError`."""
+    if units is None:
+        return list(range(n))
+    if isinstance(units, slice):
+        if units.step == 0:
+            raise WeightvizError(f"units {units!r}: the step must not be 0")
+        return list(range(n))[units]
+    if isinstance(units, str):
+        text = units.replace(" ", "")
+        out: list[int] = []
+        for part in filter(None, text.split(",")):
+            if re.fullmatch(r"-?\d*:-?\d*(:-?\d+)?", part):
+                bits = [int(b) if b else None for b in part.split(":")]
+                if len(bits) == 3 and bits[2] == 0:
+                    raise WeightvizError(f"units {part!r}: the step must not be 0; use e.g. '0:32:2'")
+                stop = bits[1]
+                if stop is not None and stop > n:
+                    raise WeightvizError(f"units {part!r} out of range: {what} has {n} channels (0..{n - 1})")
+                out.extend(range(n)[slice(*bits)])
+            elif re.fullmatch(r"-?\d+", part):
+                out.append(int(part))
+            else:
+                raise WeightvizError(f"cannot read units {units!r}: use e.g. '5', '0:32' or '3,7,9'")
+        units = out
+    elif isinstance(units, (int,)) or (isinstance(units, torch.Tensor) and units.dim() == 0):
+        units = [int(units)]
+    units = [int(u) for u in units]
+    for u in units:
+        if not 0 <= u < n:
+            raise WeightvizError(f"unit {u} out of range: {what} has {n} channels (0..{n - 1})")
+    return units
+
+
