@@ -337,3 +337,18 @@ def test_cli_figure_errors_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "must end in one of" in err and "Did you mean" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_fv_options_one_value_or_keywords(googlenet):
+    """Figures take one FV-options value (``fv=FVOptions(...)``) or its fields as keywords; a misspelt one
+    is refused by name before any work."""
+    from weightviz.figures._fv import FVOptions
+
+    with pytest.raises(WeightvizError, match="unknown figure option 'sise'"):
+        figs.top_inputs(googlenet, "conv3.conv", 9, k=4, sise=32)
+    a = figs.top_inputs(googlenet, "conv3.conv", 9, k=4, fv=FVOptions(size=32, steps=2, progress=False, enabled=False))
+    b = figs.top_inputs(googlenet, "conv3.conv", 9, k=4, size=32, steps=2, progress=False, fv=False)
+    assert a.data["inputs"] == b.data["inputs"]
+    assert FVOptions.of(True, {"size": 40}, size=64).size == 40
+    assert FVOptions.of(False, {}, size=64) == FVOptions(size=64, enabled=False)
+    assert FVOptions.of(FVOptions(size=48), {"seed": 3}) == FVOptions(size=48, seed=3)

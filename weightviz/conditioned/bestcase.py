@@ -40,8 +40,8 @@ from torch import nn
 from ..errors import WeightvizError
 from ..expand import ReceptiveField, expanded_weights, receptive_field
 from ..models import get_module, input_spec, resolve
-from ..optvis.render import render
 from ..optvis.objectives import Objective
+from ..optvis.render import render
 from ..optvis.transforms import TransformConfig
 
 __all__ = ["BestCase", "best_case", "connection_gradient"]

@@ -8,6 +8,7 @@ FV (``channel(layer, n)`` or ``direction(layer, vector)``; duplicates are render
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..errors import WeightvizError
 
-__all__ = ["FVBatch", "FVOptions", "fv_options"]
+__all__ = ["FVBatch", "FVOptions"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,23 @@ class FVOptions:
                                        or self.steps < 1):
             raise WeightvizError(f"FV steps must be a positive integer or None (render default), got {self.steps!r}")
 
+    @classmethod
+    def of(cls, fv: FVOptions | bool = True, options: dict[str, Any] | None = None, **defaults: Any) -> FVOptions:
+        """The options of one figure call: ``fv`` (an :class:`FVOptions`, or ``True``/``False`` to render or
+        not) updated by the keyword ``options`` a figure function received (``size``, ``steps``, ``seed``,
+        ``cache``, ``progress``), over the figure's own ``defaults``. Unknown keywords raise
+        :class:`WeightvizError` naming the valid ones."""
+        options = dict(options or {})
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "enabled"]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise WeightvizError(f"unknown figure option {unknown[0]!r}; FV options are {', '.join(names)} "
+                                 "(or fv=FVOptions(...) / fv=False)")
+        if isinstance(fv, FVOptions):
+            return dataclasses.replace(fv, **options) if options else fv
+        return cls(**{**defaults, **options, "enabled": bool(fv)})
 
-def fv_options(size: int, steps: int | None, seed: int, cache: Any, progress: bool, fv: bool) -> FVOptions:
-    """The :class:`FVOptions` of a figure from its keyword arguments (every figure has the same ones)."""
-    return FVOptions(size=size, steps=steps, seed=seed, cache=cache, progress=progress, enabled=bool(fv))
+
 
 
 class FVBatch:

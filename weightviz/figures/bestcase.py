@@ -10,16 +10,15 @@ from torch import nn
 
 from ..conditioned import BestCase
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import LABEL_H, Canvas
 from ._registry import register_figure
 
 __all__ = ["best_case", "best_case_figure"]
 
 
-def best_case_figure(result: Any, k: int = 8, model: nn.Module | None = None, *, fv: bool = False,
-                     size: int = 64, steps: int | None = None, seed: int = 0, cache: Any = True,
-                     progress: bool = False) -> Figure:
+def best_case_figure(result: Any, k: int = 8, model: nn.Module | None = None, *, fv: FVOptions | bool = False,
+                     **fv_options: Any) -> Figure:
     """Draw a :class:`weightviz.bestcase.BestCase`: the best-case input, and per shown ``src`` channel
     the achieved connection (gradient on the real model at that input) above the expanded weight, all
     heatmaps on one shared scale. With ``src_unit`` one pair of ``[K, K]`` maps; without, the ``k``
@@ -36,8 +35,9 @@ def best_case_figure(result: Any, k: int = 8, model: nn.Module | None = None, *,
         G, E = b.gradient[channels], b.expanded[channels]
     vmax = shared_scale(torch.stack([G, E]))
     fvs = None
-    if fv and model is not None:
-        batch = FVBatch(model, fv_options(size, steps, seed, cache, progress, True))
+    opts = FVOptions.of(fv, fv_options, size=64, progress=False)
+    if opts.enabled and model is not None:
+        batch = FVBatch(model, opts)
         keys = [batch.channel(b.src, c) for c in channels]
         batch.render()
         fvs = [batch[kk] for kk in keys]
@@ -87,23 +87,20 @@ def best_case(
     *,
     image_size: int | None = None,
     image_steps: int | None = None,
-    size: int = 64,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Best-case excitation of the connection ``src`` -> ``dst[unit]`` (:func:`weightviz.best_case`;
     ``image_size``/``image_steps`` go to it): the optimized input, the achieved gradient map next to the
     expanded weight on one scale (``k`` strongest channels when ``src_unit`` is None), labelled with the
     FVs of the ``src`` channels (``size``, ``steps``, ``fv=False``: none). ``.data``: ``ratio``,
     ``channels``, ``vmax``."""
+    opts = FVOptions.of(fv, fv_options, size=64)
     from ..conditioned import STEPS
     from ..conditioned import best_case as compute
     from ..models import resolve
 
     model = resolve(model)
-    b = compute(model, src, dst, unit, src_unit, size=image_size, steps=image_steps or STEPS, seed=seed,
-                cache=cache, progress=progress)
-    return best_case_figure(b, k, model, fv=fv, size=size, steps=steps, seed=seed, cache=cache, progress=progress)
+    b = compute(model, src, dst, unit, src_unit, size=image_size, steps=image_steps or STEPS, seed=opts.seed,
+                cache=opts.cache, progress=opts.progress)
+    return best_case_figure(b, k, model, fv=opts)

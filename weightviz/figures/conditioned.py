@@ -14,7 +14,7 @@ from torch import nn
 from ..conditioned import Cases, DataWeights
 from ..errors import WeightvizError
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
 from ._registry import register_figure
 
@@ -52,12 +52,8 @@ def cases_figure(
     *,
     k: int = 6,
     n_examples: int = 4,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Draw a :class:`weightviz.Cases` (``weightviz.figures.cases(result)`` calls this).
 
@@ -75,7 +71,7 @@ def cases_figure(
         raise WeightvizError(f"cases_figure draws a weightviz.Cases result, got {type(res).__name__}")
     k = _check_pos_int(k, "k")
     n_examples = _check_pos_int(n_examples, "n_examples")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     d = res.data
     m: nn.Module = d.model
     src, dst, unit = d.src, d.dst, d.unit
@@ -155,12 +151,8 @@ def data_weights_figure(
     *,
     n_examples: int = 6,
     k: int = 6,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Draw a :class:`weightviz.DataWeights` (``weightviz.figures.data_weights(result)`` calls this): the ``n_examples``
     images on which the unit is most active, one row each (the crop it reads, then its gradient for the
@@ -173,7 +165,7 @@ def data_weights_figure(
         raise WeightvizError(f"data_weights_figure draws a weightviz.DataWeights result, got {type(d).__name__}")
     n_examples = _check_pos_int(n_examples, "n_examples")
     k = _check_pos_int(k, "k")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     m, src, dst, unit = d.model, d.src, d.dst, d.unit
     G = d.weights.detach().float().cpu()
     order = d.activations.argsort(descending=True, stable=True)[: min(n_examples, G.shape[0])].tolist()
@@ -237,12 +229,8 @@ def cases(
     position: Any = "max",
     nmf_seed: int = 0,
     batch_size: int | None = None,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """The cases of the connection ``src -> dst[unit]`` over an image set (:func:`weightviz.cases`),
     drawn by :func:`cases_figure`. ``images``: an image set, a folder or a prepared tensor (default: the
@@ -250,15 +238,14 @@ def cases(
 
     >>> cases("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5, n_cases=2).save("cases.png")  # doctest: +SKIP
     """
+    opts = FVOptions.of(fv, fv_options)   # bad FV options fail before the data pass
     from ..conditioned import cases as compute
 
     k = _check_pos_int(k, "k")
     n_examples = _check_pos_int(n_examples, "n_examples")
-    fv_options(size, steps, seed, cache, progress, fv)   # bad FV options fail before the data pass
     res = compute(model, src, dst, unit, images, n_cases, position=position, k=k, n_examples=n_examples,
-                  seed=nmf_seed, batch_size=batch_size, progress=progress)
-    return cases_figure(res, k=k, n_examples=n_examples, size=size, steps=steps, seed=seed, cache=cache,
-                        progress=progress, fv=fv)
+                  seed=nmf_seed, batch_size=batch_size, progress=opts.progress)
+    return cases_figure(res, k=k, n_examples=n_examples, fv=opts)
 
 
 @register_figure("data-weights", result=(DataWeights, data_weights_figure))
@@ -274,23 +261,18 @@ def data_weights(
     position: Any = "max",
     attribution: bool = False,
     batch_size: int | None = None,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Per-example connections (:func:`weightviz.data_weights`) drawn by :func:`data_weights_figure`.
 
     >>> data_weights("efficientnet_lite0", "blocks.2.0", "blocks.3.0", 5).save("dw.png")  # doctest: +SKIP
     """
+    opts = FVOptions.of(fv, fv_options)
     from ..conditioned import data_weights as compute
 
-    fv_options(size, steps, seed, cache, progress, fv)
     d = compute(model, src, dst, unit, images, position=position, attribution=attribution, batch_size=batch_size,
-                progress=progress)
-    return data_weights_figure(d, n_examples=n_examples, k=k, size=size, steps=steps, seed=seed, cache=cache,
-                               progress=progress, fv=fv)
+                progress=opts.progress)
+    return data_weights_figure(d, n_examples=n_examples, k=k, fv=opts)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import WeightvizError
 from ..models import layers, resolve
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, FVOptions, fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas, fade_to_white
 from ._registry import register_figure
 from ._wiring import connection, units_of
@@ -121,12 +121,8 @@ def top_inputs(
     k: int = 8,
     *,
     ncols: int = 8,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """A unit's FV beside its ``k`` strongest input channels: each input's FV above its weight slice.
 
@@ -141,7 +137,7 @@ def top_inputs(
     >>> fig = top_inputs("efficientnet_lite0", "blocks.3.0", 5, src="blocks.2.0", k=8)  # doctest: +SKIP
     >>> fig.data["inputs"][:3], fig.save("top_inputs.png")                            # doctest: +SKIP
     """
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     return _top_inputs_figure(model, layer, unit, src, k, ncols, opts, "top-inputs")
 
 
@@ -154,12 +150,8 @@ def expanded(
     k: int = 16,
     *,
     ncols: int = 8,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Expanded-weight heatmaps ``[K, K]`` from the ``k`` strongest channels of ``src`` into ``unit`` of
     ``dst`` (rows of ``ncols``), each with the input's FV, one shared abs-max scale, sign frames: the
@@ -169,7 +161,7 @@ def expanded(
     """
     if not isinstance(src, str):
         raise WeightvizError(f"expanded weights need a source layer name src, got {src!r}")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     return _top_inputs_figure(model, dst, unit, src, k, ncols, opts, "expanded")
 
 
@@ -250,12 +242,8 @@ def small_multiples(
     inputs: Any = None,
     *,
     k: int = 6,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Weights from several input channels to one or several units as small multiples: one row per unit
     of ``dst`` (its FV on the left), one column per input (its FV on top), one shared abs-max scale.
@@ -270,7 +258,7 @@ def small_multiples(
     model = resolve(model)
     out_units = units_of(model, dst, units)
     in_units = None if inputs is None else _input_units(model, src, dst, inputs)
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     cv, data = _weight_grid(model, src, dst, out_units, in_units, False, opts, "small-multiples", _check_k(k))
     title = f"small multiples: {dst} \u2190 {_source_text(src, data['input_layer'])}"
     return cv.figure(data, title=title)
@@ -284,12 +272,8 @@ def family_grid(
     src: str | None,
     dst: str,
     *,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """The grid of weights between two families of neurons: rows = input units ``src_units`` (of
     ``src``, or of the layer feeding ``dst`` when ``src=None``), columns = output units ``dst_units`` of
@@ -300,7 +284,7 @@ def family_grid(
     model = resolve(model)
     out_units = units_of(model, dst, dst_units)
     in_units = _input_units(model, src, dst, src_units)
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     cv, data = _weight_grid(model, src, dst, out_units, in_units, True, opts, "family-grid", len(in_units))
     title = f"family grid: {data['input_layer']} \u2192 {dst} ({'expanded' if src else 'direct'} weights)"
     return cv.figure(data, title=title)
@@ -349,12 +333,8 @@ def spatial_positions(
     *,
     max_size: int = 7,
     min_fade: float = 0.02,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """One FV per kernel position: the direction ``W[unit, :, y, x]`` over the input channels at each
     position ``(y, x)``, rendered with the ``direction`` objective, each tile faded towards white by the
@@ -374,7 +354,7 @@ def spatial_positions(
     max_size = _check_k(max_size, "max_size")
     if not 0 <= float(min_fade) < 1:
         raise WeightvizError(f"min_fade must be in [0, 1), got {min_fade!r}")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     W, in_layer = connection(model, src, layer, [unit])
     w = W[0]  # [C_in, K, K]
     norms = w.norm(dim=0)  # [K, K]

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import WeightvizError
 from ..models import resolve
 from ._core import Figure, shared_scale
-from ._fv import fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import LABEL_H, Canvas
 from ._registry import register_figure
 from ._wiring import connection, units_of
@@ -64,12 +64,8 @@ def weight_factors(
     *,
     n_top: int = 4,
     nmf_seed: int = 0,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """Weight factors of a family of units of ``dst``: one row per factor with the FV of the factor
     direction (the ``direction`` objective over the input layer), the ``n_top`` input neurons loading most
@@ -91,7 +87,7 @@ def weight_factors(
         raise WeightvizError(f"n_factors must be an integer in 1..12, got {n_factors!r}")
     if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 0:
         raise WeightvizError(f"n_top must be an integer >= 0, got {n_top!r}")
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
     W, in_layer = connection(model, src, dst, fam)  # [N, C_in, K, K]
     if not bool(W.abs().sum() > 0):
         raise WeightvizError(f"the weights from {in_layer!r} into units {fam} of {dst!r} are all zero; "
@@ -106,7 +102,6 @@ def weight_factors(
     vmax = shared_scale(maps)
     err = float((W - out["reconstruction"]).norm() / W.norm())
 
-    from ._fv import FVBatch
 
     fv_batch = FVBatch(model, opts)
     unit_keys = [fv_batch.channel(dst, u) for u in fam]

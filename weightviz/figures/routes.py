@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import WeightvizError
 from ..models import resolve
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import EXCITATORY, INHIBITORY, LABEL_H, Canvas
 from ._registry import register_figure
 from ._wiring import units_of
@@ -44,12 +44,8 @@ def paths(
     src_unit: int,
     *,
     n_routes: int = 6,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """The expanded weight from ``src_unit`` of ``src`` to ``unit`` of ``dst`` beside its ``n_routes``
     strongest routes through units of ``mid``.
@@ -76,7 +72,7 @@ def paths(
         raise WeightvizError(f"n_routes must be a positive integer, got {n_routes!r}")
     (unit,) = _single(model, dst, unit)
     (src_unit,) = _single(model, src, src_unit)
-    opts = fv_options(size, steps, seed, cache, progress, fv)
+    opts = FVOptions.of(fv, fv_options)
 
     res = expanded_weights(model, src, dst, units=[unit], via=mid)
     contrib = res.via[0, :, src_unit].detach().float().cpu()  # [C_mid, K, K]

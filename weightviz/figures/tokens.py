@@ -20,7 +20,7 @@ from ..errors import WeightvizError
 from ..models import fixed_input_size, layers, resolve
 from ..models import tokens as _tokens
 from ._core import Figure, shared_scale
-from ._fv import FVBatch, fv_options
+from ._fv import FVBatch, FVOptions
 from ._layout import EXCITATORY, INHIBITORY, Canvas
 from ._registry import register_figure
 
@@ -38,12 +38,8 @@ def token_weights(
     token: int | tuple[int, int] | None = None,
     images: Any = None,
     ncols: int = 8,
-    size: int = 96,
-    steps: int | None = None,
-    seed: int = 0,
-    cache: Any = True,
-    progress: bool = True,
-    fv: bool = True,
+    fv: FVOptions | bool = True,
+    **fv_options: Any,
 ) -> Figure:
     """The ``k`` strongest ``src`` channels into ``dst`` unit ``unit`` at ``token`` (default the centre patch;
     ``0``: the class token) as maps over ``src``'s patch grid, with FVs. ``images``: the image set of the
@@ -51,6 +47,7 @@ def token_weights(
 
     >>> token_weights("timm:vit_tiny_patch16_224", "blocks.3", "blocks.4", 7).save("tokens.png")  # doctest: +SKIP
     """
+    opts = FVOptions.of(fv, fv_options)
     from ..expand import expanded_weights
 
     model = resolve(model)
@@ -74,7 +71,7 @@ def token_weights(
     grids = E[order, lay.prefix:].reshape(len(order), h, w)
     vmax = shared_scale(grids)
 
-    fvb = FVBatch(model, fv_options(size, steps, seed, cache, progress, fv))
+    fvb = FVBatch(model, opts)
     unit_key = fvb.channel(dst, int(unit))
     keys = [fvb.channel(src, c) for c in order]
     fvb.render()
