@@ -40,7 +40,7 @@ browser:
 	  || echo "warning: could not install chromium; browser tests will be skipped"; }
 
 demo: install
-	$(BIN)/python -m weightviz.demo --out $(OUT)
+	$(BIN)/python -m weightviz.cli.demo --out $(OUT)
 
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
