@@ -146,7 +146,7 @@ def test_serve_stops_cleanly_on_ctrl_c_while_a_render_is_in_flight(tmp_path):
     env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightviz.cli", "serve", MODEL, "--port", "0", "--db", str(tmp_path / "x.sqlite"),
-         "--size", "64", "--steps", "10000000", "--layers", "features.3,features.4", "--verbose"],
+         "--size", "64", "--steps", "1000000", "--layers", "features.3,features.4", "--verbose"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     answer: list = []
     try:
@@ -259,7 +259,7 @@ def test_ctrl_c_stops_an_explore_with_worker_processes_at_once(tmp_path):
     site = tmp_path / "site"
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightviz.cli", "explore", MODEL, "-o", str(site), "--layers", "features.3",
-         "--units", "0:2", "--size", "16", "--steps", "10000000", "--jobs", "2", "--no-factor-fvs",
+         "--units", "0:2", "--size", "16", "--steps", "1000000", "--jobs", "2", "--no-factor-fvs",
          "--cases", "0"],  # renders right after the weights stage (Ctrl-C in the cases stage: see b12a report)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

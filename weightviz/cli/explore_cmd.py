@@ -14,6 +14,7 @@ from ._common import (
     err_console,
     load,
     size_option,
+    steps_option,
     with_device,
 )
 from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
@@ -62,7 +63,7 @@ def explore_cmd(
     address: str = address_option(),
     jobs: int = jobs_option(),
     size: int = size_option(64),
-    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    steps: int = steps_option(64, "Feature-visualization optimization steps."),
     top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
     sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers each unit's inputs are also "
                                 "expanded from (besides the layer feeding it directly)."),
@@ -126,7 +127,7 @@ def serve_cmd(
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
     units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
     size: int = size_option(64),
-    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    steps: int = steps_option(64, "Feature-visualization optimization steps."),
     top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
     sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),
