@@ -324,3 +324,22 @@ def test_explore_all_plans_every_explorable_layer(tmp_path, capsys, monkeypatch)
     ex = seen["ex"]                                               # interrupt is cli/__init__'s business)
     assert ex.layers == [r.name for r in explorable(ex.model)] and len(ex.layers) > 20
     assert all(ex.units[layer] == [0, 1] for layer in ex.layers)
+
+
+@pytest.mark.parametrize("where", ["in use", "not here"])
+def test_serve_on_a_busy_port_or_a_foreign_address_is_one_line_exit_2(tmp_path, capsys, where):
+    """A port another socket listens on, or an address that is not this machine's (192.0.2.1: TEST-NET,
+    never assigned; binding fails locally, no traffic): one line naming the address, exit 2."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        host, port = ("127.0.0.1", busy.getsockname()[1]) if where == "in use" else ("192.0.2.1", 8000)
+        code = main(["serve", MODEL, "--host", host, "--port", str(port), "--db", str(tmp_path / "x.sqlite"),
+                     "--layers", "features.3,features.4", "--size", "16", "--steps", "2"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("no weights given: random initialization")]
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on {host}:{port}: "), err
+    assert "internal error" not in err[0]
