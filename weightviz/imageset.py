@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import WeightvizError, WeightvizWarning
+from .errors import WeightvizError, WeightvizWarning, warn_once
 
 __all__ = ["ImageSet", "as_images", "default_batch", "images"]
 
@@ -284,9 +284,9 @@ def _folder_loaders(folder: Path, size: int) -> list:
             good.append(p)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             bad += 1
-    if bad:  # (a WeightvizWarning: the CLI prints it as one line)
-        warnings.warn(f"skipped {bad} unreadable image file{'s' if bad > 1 else ''} in {str(folder)!r}",
-                      WeightvizWarning, stacklevel=3)
+    if bad:  # a WeightvizWarning (the CLI prints it as one line), once per process for one folder
+        warn_once(f"skipped {bad} unreadable image file{'s' if bad > 1 else ''} in {str(folder)!r}",
+                  WeightvizWarning, stacklevel=3)
     if not good:
         raise WeightvizError(
             f"no readable images in {str(folder)!r} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
