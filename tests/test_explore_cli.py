@@ -384,7 +384,7 @@ def _warning_job(state, job):
 
     from weightviz.errors import WeightvizWarning
 
-    warnings.warn(f"{state}: job {job.inputs['i'] % 2} says so", WeightvizWarning)
+    warnings.warn(f"{state}: job {job.inputs['i'] % 2} says so", WeightvizWarning, stacklevel=2)
     return job.inputs["i"]
 
 
