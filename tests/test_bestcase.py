@@ -182,3 +182,10 @@ def test_capture_keeps_captured_layers_differentiable_through_identity_and_inpla
     z2 = z.detach().requires_grad_(True)
     (ref,) = torch.autograd.grad(m[3](torch.relu(z2))[:, 1, 2, 2].sum(), z2)
     torch.testing.assert_close(g, ref)
+
+
+def test_a_huge_size_is_one_line_not_an_allocator_error():
+    from weightviz.errors import WeightvizError
+
+    with pytest.raises(WeightvizError, match="size must be an integer from 16 to 1024"):
+        best_case(_net(), "0", "4", 0, size=100000, steps=1, progress=False)

@@ -115,6 +115,14 @@ M, L = "efficientnet_lite0", "blocks.3.0"
     ["explore", M, "-o", "{site}", "--top", "0"],
     ["explore", M, "-o", "{site}", "--sources", "-1"],
     ["serve", M, "--steps", "0"],
+    # no step count runs for ever: 20 digits are a usage error, not a silent endless run
+    ["render", M, L, "0:4", "-o", "{png}", "--steps", "99999999999999999999"],
+    ["explore", M, "-o", "{site}", "--steps", "99999999999999999999"],
+    ["serve", M, "--steps", "1000001"],
+    ["cases", M, "blocks.2.0", L, "5", "-o", "{png}", "--steps", "99999999999999999999"],
+    ["best-case", M, "blocks.2.0", L, "5", "-o", "{png}", "--steps", "99999999999999999999"],
+    ["best-case", M, "blocks.2.0", L, "5", "-o", "{png}", "--size", "100000"],
+    ["figure", "top-inputs", M, L, "5", "-o", "{png}", "--steps", "99999999999999999999"],
 ])
 def test_counts_of_zero_are_refused_not_replaced_by_defaults(tmp_path, capsys, monkeypatch, args):
     _no_model_loading(monkeypatch)
@@ -150,6 +158,46 @@ def test_every_count_option_of_every_command_has_a_lower_bound():
             if p.type_descriptor.annotation is int and p.min is None:
                 unbounded.append(f"{' '.join(path)} --{p.name}")
     assert unbounded == []
+
+
+def test_every_steps_option_has_an_upper_bound_and_every_model_command_a_device_option():
+    """`--steps` is bounded above (1..MAX_STEPS) everywhere; every command that loads a MODEL takes
+    `--device` (the README says every command does)."""
+    from weightviz.utils.limits import MAX_STEPS
+
+    from weightviz.cli import _register
+
+    _register()
+    unbounded, no_device = [], []
+    for path, cmd in _commands(app):
+        names = {p.name for p in cmd.params}
+        if "model" in names and "device" not in names:
+            no_device.append(" ".join(path))
+        for p in cmd.params:
+            if p.name == "steps" and p.max != MAX_STEPS:
+                unbounded.append(" ".join(path))
+    assert no_device == [] and unbounded == []
+
+
+@pytest.mark.parametrize("command", [
+    ["examples", M, L, "5", "-o", "{png}"],
+    ["cases", M, "blocks.2.0", L, "5", "-o", "{png}"],
+    ["best-case", M, "blocks.2.0", L, "5", "-o", "{png}"],
+])
+def test_data_commands_take_device_and_refuse_a_bad_one_before_loading(tmp_path, capsys, monkeypatch, command):
+    _no_model_loading(monkeypatch)
+    args = [a.format(png=tmp_path / "o.png") for a in command]
+    assert main([*args, "--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown device 'tpu'") and err.count("\n") == 0, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_directory_given_as_weights_file_says_it_is_a_directory(tmp_path):
+    (tmp_path / "w.safetensors").mkdir()
+    r = run("layers", f"torchvision:resnet18@{tmp_path / 'w.safetensors'}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "is a directory" in r.stderr and "not found" not in r.stderr
 
 
 # ------------------------------------------------------------------------ bad input before any work

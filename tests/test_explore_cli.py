@@ -68,19 +68,31 @@ def test_explore_builds_a_site_and_a_pool_builds_the_same(tmp_path, capsys):
     (["explore", MODEL, "-o", "{new}", "--units", "a:b"], "cannot read units"),
     (["serve", MODEL, "--port", "70000"], "--port must be between 0 and 65535"),
     (["explore", MODEL, "-o", "{new}", "--images", "{file}"], "is not a folder"),
+    # units that select nothing, an empty image folder, --all with --units: refused before any work
+    (["explore", MODEL, "-o", "{new}", "--units", "5:2"], "--units '5:2' selects no unit of layer"),
+    (["explore", MODEL, "-o", "{new}", "--layers", "features.3", "--units", "200:300"],
+     "--units '200:300' selects no unit of layer 'features.3' (128 units, 0..127)"),
+    (["explore", MODEL, "-o", "{new}", "--layers", "features.3,features.4", "--units", "200,250"],
+     "--units '200,250' selects no unit of layer 'features.3'"),
+    (["explore", MODEL, "-o", "{new}", "--images", "{empty}"], "no readable images in"),
+    (["serve", MODEL, "--images", "{empty}"], "no readable images in"),
+    (["explore", MODEL, "-o", "{new}", "--all", "--units", "0:2"], "--all explores every unit"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("x")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "keep.txt").write_text("mine")
-    args = [a.format(file=tmp_path / "file", foreign=tmp_path / "foreign", new=tmp_path / "new") for a in args]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    args = [a.format(file=tmp_path / "file", foreign=tmp_path / "foreign", new=tmp_path / "new",
+                     empty=tmp_path / "empty") for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     if err.startswith("no weights given: random initialization"):  # random init (plumbing): said first
         err = err.split("\n", 1)[1]
     assert message in err and "Traceback" not in err
     assert err.startswith("error:") and err.count("\n") == 0
-    assert not (tmp_path / "new" / "index.html").exists()
+    assert not (tmp_path / "new").exists()  # nothing written: checked before any work
     assert (tmp_path / "foreign" / "keep.txt").read_text() == "mine"
 
 
@@ -146,7 +158,7 @@ def test_serve_stops_cleanly_on_ctrl_c_while_a_render_is_in_flight(tmp_path):
     env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightviz.cli", "serve", MODEL, "--port", "0", "--db", str(tmp_path / "x.sqlite"),
-         "--size", "64", "--steps", "10000000", "--layers", "features.3,features.4", "--verbose"],
+         "--size", "64", "--steps", "1000000", "--layers", "features.3,features.4", "--verbose"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     answer: list = []
     try:
@@ -259,7 +271,7 @@ def test_ctrl_c_stops_an_explore_with_worker_processes_at_once(tmp_path):
     site = tmp_path / "site"
     proc = subprocess.Popen(
         [sys.executable, "-m", "weightviz.cli", "explore", MODEL, "-o", str(site), "--layers", "features.3",
-         "--units", "0:2", "--size", "16", "--steps", "10000000", "--jobs", "2", "--no-factor-fvs",
+         "--units", "0:2", "--size", "16", "--steps", "1000000", "--jobs", "2", "--no-factor-fvs",
          "--cases", "0"],  # renders right after the weights stage (Ctrl-C in the cases stage: see b12a report)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -320,7 +332,72 @@ def test_explore_all_plans_every_explorable_layer(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(wx, "build_site", fake_build)
     torch.manual_seed(0)
-    main(["explore", MODEL, "-o", str(tmp_path / "s"), "--all", "--units", "0:2"])  # (the exit code of an
+    main(["explore", MODEL, "-o", str(tmp_path / "s"), "--all"])  # (the exit code of an
     ex = seen["ex"]                                               # interrupt is cli/__init__'s business)
     assert ex.layers == [r.name for r in explorable(ex.model)] and len(ex.layers) > 20
-    assert all(ex.units[layer] == [0, 1] for layer in ex.layers)
+    assert all(ex.units[layer] == list(range(ex.channels(layer))) for layer in ex.layers)
+
+
+@pytest.mark.parametrize("where", ["in use", "not here"])
+def test_serve_on_a_busy_port_or_a_foreign_address_is_one_line_exit_2(tmp_path, capsys, where):
+    """A port another socket listens on, or an address that is not this machine's (192.0.2.1: TEST-NET,
+    never assigned; binding fails locally, no traffic): one line naming the address, exit 2."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        host, port = ("127.0.0.1", busy.getsockname()[1]) if where == "in use" else ("192.0.2.1", 8000)
+        code = main(["serve", MODEL, "--host", host, "--port", str(port), "--db", str(tmp_path / "x.sqlite"),
+                     "--layers", "features.3,features.4", "--size", "16", "--steps", "2"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("no weights given: random initialization")]
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on {host}:{port}: "), err
+    assert "internal error" not in err[0]
+
+
+def test_one_unreadable_image_is_one_warning_line(tmp_path, capsys):
+    """--images with one broken file: exactly one line says it was skipped (no UserWarning, no source
+    line), however many stages read the folder."""
+    import numpy as np
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    (imgs / "broken.jpg").write_bytes(b"not an image")
+    torch.manual_seed(0)
+    assert main(["explore", MODEL, "-o", str(tmp_path / "site"), "--layers", "features.3,features.4", "--units",
+                 "0:2", "--size", "16", "--steps", "2", "--top", "3", "--no-factor-fvs", "--images", str(imgs),
+                 "--example-images", "4", "--case-images", "4", "--cache", str(tmp_path / "renders")]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "unreadable" in line]
+    assert said == [f"skipped 1 unreadable image file in {str(imgs)!r}"], err
+    assert "UserWarning" not in err and "warn(" not in err
+
+
+def _warning_job(state, job):
+    import warnings
+
+    from weightviz.errors import WeightvizWarning
+
+    warnings.warn(f"{state}: job {job.inputs['i'] % 2} says so", WeightvizWarning, stacklevel=2)
+    return job.inputs["i"]
+
+
+def _state():
+    return "worker"
+
+
+def test_worker_process_warnings_reach_the_driver_once_each(recwarn):
+    from weightviz.errors import WeightvizWarning
+    from weightviz.explore.jobs import Job, ProcessExecutor
+
+    jobs = [Job("page", {"i": i}, (f"{i}.html",)) for i in range(6)]
+    with ProcessExecutor(2, _state) as pool:
+        assert sorted(r for _, r in pool.imap(_warning_job, jobs)) == list(range(6))
+    said = sorted(str(w.message) for w in recwarn if issubclass(w.category, WeightvizWarning))
+    assert said == ["worker: job 0 says so", "worker: job 1 says so"]

@@ -208,3 +208,33 @@ def test_interrupted_driver_leaves_whole_files_and_a_rerun_resumes(pool, local_s
     got = _files(root)
     assert sorted(got) == sorted(local_site)
     assert [f for f in got if got[f] != local_site[f]] == []
+
+
+def test_an_unreachable_address_is_one_line_fast_and_writes_nothing(tmp_path):
+    """Nothing listens on 127.0.0.1:1: one `error:` line and exit 2, without Ray's retries and log lines,
+    and no output folder (the check runs before any work)."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
+    for args in (["explore", "torchvision:squeezenet1_1", "-o", str(site)],
+                 ["render", "torchvision:squeezenet1_1", "features.3", "0:2", "-o", str(site)]):
+        r = subprocess.run([sys.executable, "-m", "weightviz.cli", *args, "--executor", "ray", "--address",
+                            "127.0.0.1:1"], capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: cannot reach Ray at '127.0.0.1:1'"), r.stderr
+        assert not site.exists()
+
+
+def test_check_address_reads_the_forms_ray_takes():
+    from weightviz.explore.ray_executor import check_address
+
+    check_address(None)
+    check_address("auto")
+    for bad in ("nonsense", "host:port", "127.0.0.1:0", ":6379"):
+        with pytest.raises(WeightvizError, match="cannot read --address"):
+            check_address(bad)
+    with pytest.raises(WeightvizError, match="cannot reach Ray at 'ray://127.0.0.1:1'"):
+        check_address("ray://127.0.0.1:1")

@@ -161,3 +161,39 @@ def test_as_images_accepts_sets_folders_and_prepared_tensors(lite0, tmp_path):
 def test_as_images_bad_input(lite0, bad, match):
     with pytest.raises(WeightvizError, match=match):
         wv.as_images(bad, lite0)
+
+
+def test_sixteen_bit_and_other_modes_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG (a ramp over the whole 16-bit range) reads as the same ramp in [0, 1], not white;
+    so do 8-bit grey, palette, grey+alpha, RGBA and 1-bit images (each against its 8-bit RGB meaning)."""
+    ramp16 = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))
+    Image.fromarray(ramp16).save(tmp_path / "a16.png")
+    with Image.open(tmp_path / "a16.png") as im:
+        assert im.mode.startswith("I")  # what Pillow gives for a 16-bit PNG
+    ramp8 = (ramp16 / 257).round().astype(np.uint8)
+    rgb = np.stack([ramp8, ramp8[::-1], np.full_like(ramp8, 90)], -1)
+    Image.fromarray(ramp8).save(tmp_path / "b_grey.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "c_palette.png")
+    Image.fromarray(ramp8).convert("LA").save(tmp_path / "d_grey_alpha.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "e_rgba.png")
+    imgs = wv.images(tmp_path, size=64)
+    assert len(imgs) == 5
+    grey = torch.from_numpy(ramp8 / 255.0).float()
+    with Image.open(tmp_path / "c_palette.png") as im:
+        pal = np.asarray(im.convert("RGB"))
+    x16 = imgs.raw(0)
+    assert x16.mean() < 0.6 and x16.min() == 0  # not clipped to white
+    for c in range(3):
+        torch.testing.assert_close(x16[c], grey, rtol=0, atol=2.5 / 255)  # bicubic resize at the same size
+        torch.testing.assert_close(imgs.raw(1)[c], grey, rtol=0, atol=2.5 / 255)
+        torch.testing.assert_close(imgs.raw(2)[c], torch.from_numpy(pal[..., c] / 255.0).float(), rtol=0, atol=2.5 / 255)
+        torch.testing.assert_close(imgs.raw(3)[c], grey, rtol=0, atol=2.5 / 255)
+        torch.testing.assert_close(imgs.raw(4)[c], torch.from_numpy(rgb[..., c] / 255.0).float(), rtol=0, atol=2.5 / 255)
+
+
+def test_the_unreadable_files_warning_is_a_weightviz_warning(tmp_path):
+    """The CLI prints a WeightvizWarning as its one-line message (no source line)."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.warns(wv.WeightvizWarning, match="skipped 1 unreadable image file"):
+        wv.images(tmp_path, size=16)

@@ -8,9 +8,11 @@ was received and how to fix it. The CLI prints that line and exits with status 2
 from __future__ import annotations
 
 import difflib
+import threading
+import warnings
 from collections.abc import Iterable
 
-__all__ = ["RandomInitWarning", "WeightvizError", "WeightvizWarning", "suggest"]
+__all__ = ["RandomInitWarning", "WeightvizError", "WeightvizWarning", "suggest", "warn_once"]
 
 
 class WeightvizError(ValueError):
@@ -23,6 +25,21 @@ class WeightvizWarning(UserWarning):
 
 class RandomInitWarning(WeightvizWarning):
     """A model spec without a weights file: the network is randomly initialized."""
+
+
+_WARNED: set[tuple[type, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_once(message: str, category: type[Warning] = WeightvizWarning, stacklevel: int = 2) -> None:
+    """``warnings.warn`` once per process for each distinct ``(category, message)``: a condition met by
+    several passes over the same input (an image folder read by every stage of a build, and by worker
+    processes whose warnings reach the driver) is said once, whatever warning filters changed between."""
+    with _WARNED_LOCK:
+        if (category, message) in _WARNED:
+            return
+        _WARNED.add((category, message))
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -66,6 +66,14 @@ def size_option(default: int, help: str = "Feature-visualization size in pixels.
     return typer.Option(default, "--size", min=MIN_SIZE, max=MAX_SIZE, help=f"{help} ({MIN_SIZE}..{MAX_SIZE})")
 
 
+def steps_option(default: int | None, help: str, *names: str) -> Any:  # noqa: A002
+    """``--steps``: optimization steps, 1..MAX_STEPS (a larger value is a usage error, exit 2, not a run
+    that never ends)."""
+    from ..utils.limits import MAX_STEPS
+
+    return typer.Option(default, *(names or ("--steps",)), min=1, max=MAX_STEPS, help=f"{help} (1..{MAX_STEPS})")
+
+
 # ---------------------------------------------------------------------------------- warnings
 def install_warning_display() -> None:
     """Inside ``warnings.catch_warnings()``: weightviz's own warnings (e.g. random initialization) print

@@ -50,9 +50,10 @@ def check_executor(executor: str, address: str | None, jobs: int | None) -> None
     if address is not None and executor != "ray":
         raise WeightvizError("--address is for --executor ray; drop it or add --executor ray")
     if executor == "ray":
-        from ..explore.ray_executor import import_ray
+        from ..explore.ray_executor import check_address, import_ray
 
         import_ray()
+        check_address(address)  # an unreachable cluster: one line, before any output is written
 
 
 class _Rate(ProgressColumn):

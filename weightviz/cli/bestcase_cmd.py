@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, load
+from ..utils.limits import MAX_SIZE, MIN_SIZE
+from ._common import MODEL_HELP, app, check_output, load, steps_option, with_device
 
 
 @app.command("best-case")
+@with_device
 def best_case_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source layer (its output channels are the connection's inputs)."),
@@ -18,9 +20,9 @@ def best_case_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Figure: .png or .svg."),
     src_unit: int | None = typer.Option(None, "--src-unit", min=0, help="One SRC channel: maximize the gradient between "
                                         "it and UNIT at the centre (default: the norm of the whole connection)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimization steps (default 128)."),
-    size: int | None = typer.Option(None, "--size", min=16, max=2048, help="Image side in pixels (default: the smallest that holds "
-                                    "the receptive field of DST)."),
+    steps: int | None = steps_option(None, "Optimization steps (default 128)."),
+    size: int | None = typer.Option(None, "--size", min=MIN_SIZE, max=MAX_SIZE, help="Image side in pixels (default: the "
+                                    f"smallest that holds the receptive field of DST; {MIN_SIZE}..{MAX_SIZE})."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same image)."),
     top: int = typer.Option(8, "--top", "-k", min=1, help="SRC channels drawn when --src-unit is not given (strongest "
                             "achieved connection first)."),

@@ -8,10 +8,21 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option
+from ._common import (
+    MODEL_HELP,
+    app,
+    check_output,
+    count_option,
+    err_console,
+    load,
+    size_option,
+    steps_option,
+    with_device,
+)
 
 
 @app.command("cases")
+@with_device
 def cases_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source layer (its output channels are the inputs)."),
@@ -29,7 +40,7 @@ def cases_cmd(
     position: str = typer.Option("max", "--position", help="'max' (where the unit is most active in each "
                                  "image), 'centre', or 'Y,X'."),
     size: int = size_option(96),
-    steps: int = count_option(None, "--steps", help="Feature-visualization steps (default: the render default)."),
+    steps: int = steps_option(None, "Feature-visualization steps (default: the render default)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image subset, the NMF and the FVs."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache."),
     fv: bool = typer.Option(True, "--fv/--no-fv", help="Render feature visualizations (--no-fv: grey placeholders)."),

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
-from ._common import MODEL_HELP, app, check_output, err_console, load, progress_bar
+from ._common import MODEL_HELP, app, check_output, err_console, load, progress_bar, with_device
 
 
 @app.command("examples")
+@with_device
 def examples_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     layer: str = typer.Argument(..., help="Layer name as printed by `weightviz layers MODEL`."),

@@ -14,6 +14,7 @@ from ._common import (
     err_console,
     load,
     size_option,
+    steps_option,
     with_device,
 )
 from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
@@ -39,14 +40,30 @@ def _config(size: int, steps: int, top: int, sources: int, factor_fvs: bool, see
     from ..errors import WeightvizError
     from ..explore import ExploreConfig
 
-    if images is not None and not Path(images).is_dir():
-        raise WeightvizError(f"--images {str(images)!r} is not a folder; give a folder of jpg/png/webp images")
+    if images is not None:
+        if not Path(images).is_dir():
+            raise WeightvizError(f"--images {str(images)!r} is not a folder; give a folder of jpg/png/webp images")
+        from ..data import images as image_set
+
+        image_set(images, size=16)  # before any work: a folder without readable images is one line
     if example_images < 0:
         raise WeightvizError(f"--example-images must be >= 0 (0 = all), got {example_images}")
     return ExploreConfig(size=size, steps=steps, top_k=top, sources=sources, factor_fvs=factor_fvs, seed=seed,
                          cases=cases, case_images=case_images,
                          images=str(Path(images).resolve()) if images is not None else None,
                          examples=examples, example_images=example_images or None)
+
+
+def _check_units(ex, units: str | None) -> None:
+    """Every explored layer gets at least one unit page (a range is clipped to each layer's size, so
+    '100:200' on a 64-unit layer, or '5:2' anywhere, selects nothing): else one line, before any work."""
+    from ..errors import WeightvizError
+
+    for layer in ex.layers:
+        if not ex.units[layer]:
+            n = ex.channels(layer)
+            raise WeightvizError(f"--units {units!r} selects no unit of layer {layer!r} ({n} units, 0..{n - 1}); "
+                                 "choose units every explored layer has")
 
 
 @app.command("explore")
@@ -62,7 +79,7 @@ def explore_cmd(
     address: str = address_option(),
     jobs: int = jobs_option(),
     size: int = size_option(64),
-    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    steps: int = steps_option(64, "Feature-visualization optimization steps."),
     top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
     sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers each unit's inputs are also "
                                 "expanded from (besides the layer feeding it directly)."),
@@ -93,6 +110,9 @@ def explore_cmd(
     check_executor(executor, address, jobs)
     if all_layers and layers:
         raise WeightvizError("--all explores every layer: drop --layers (or drop --all to choose layers)")
+    if all_layers and units:
+        raise WeightvizError("--all explores every unit of every layer: drop --units (or choose layers with "
+                             "--layers instead of --all)")
     cfg = _config(size, steps, top, sources, factor_fvs, seed, images, cases, case_images, examples, example_images)
     m = load(model)
     with err_console.status("planning", spinner="dots"):
@@ -101,6 +121,7 @@ def explore_cmd(
 
             layers = [r.name for r in explorable(m)]
         ex = Explorer(m, layers, units, config=cfg, render_cache=cache if cache is not None else True, name=model)
+    _check_units(ex, units)
     n_pages = sum(len(v) for v in ex.units.values())
     shown = ", ".join(ex.layers) if len(ex.layers) <= 12 else f"{', '.join(ex.layers[:3])}, ..., {ex.layers[-1]}"
     err_console.print(f"exploring {len(ex.layers)} layers of {model} ({shown}): {n_pages} unit pages "
@@ -126,7 +147,7 @@ def serve_cmd(
     layers: str = typer.Option(None, "--layers", "-l", help=_LAYERS_HELP + " Every layer stays reachable."),
     units: str = typer.Option(None, "--units", "-u", help="Units listed on the index strips and layer pages."),
     size: int = size_option(64),
-    steps: int = count_option(64, "--steps", help="Feature-visualization optimization steps."),
+    steps: int = steps_option(64, "Feature-visualization optimization steps."),
     top: int = count_option(8, "--top", help="Inputs and outputs shown per unit."),
     sources: int = count_option(1, "--sources", min=0, help="Earlier explored layers to expand inputs from."),
     factor_fvs: bool = typer.Option(True, "--factor-fvs/--no-factor-fvs", help="Render the FV of each weight factor."),

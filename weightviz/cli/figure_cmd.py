@@ -14,7 +14,17 @@ from typing import Any
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
+from ._common import (
+    MODEL_HELP,
+    app,
+    check_output,
+    count_option,
+    err_console,
+    load,
+    size_option,
+    steps_option,
+    with_device,
+)
 
 figure_app = typer.Typer(
     no_args_is_help=True,
@@ -28,7 +38,7 @@ _OUT = typer.Option(..., "--output", "-o", help="Output image: .png or .svg.")
 _SRC = typer.Option(None, "--src", "-s", help="Source layer for expanded weights (default: the layer's "
                     "direct weights, inputs = the layer feeding it).")
 _SIZE = size_option(96)
-_STEPS = count_option(None, "--steps", help="Feature-visualization steps (default: the render default).")
+_STEPS = steps_option(None, "Feature-visualization steps (default: the render default).")
 _SEED = typer.Option(0, "--seed", help="Feature-visualization seed.")
 _CACHE = typer.Option(True, "--cache/--no-cache", help="Reuse and store renders in the render cache "
                       "($WEIGHTVIZ_CACHE or ~/.cache/weightviz).")
@@ -197,6 +207,7 @@ def paths_cmd(
 
 
 @figure_app.command("token-weights")
+@with_device
 def token_weights_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     src: str = typer.Argument(..., help="Source token layer (e.g. blocks.3 of a ViT)."),

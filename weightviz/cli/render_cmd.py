@@ -8,7 +8,17 @@ from pathlib import Path
 import typer
 
 from ..errors import WeightvizError
-from ._common import MODEL_HELP, app, check_output, count_option, err_console, load, size_option, with_device
+from ._common import (
+    MODEL_HELP,
+    app,
+    check_output,
+    count_option,
+    err_console,
+    load,
+    size_option,
+    steps_option,
+    with_device,
+)
 from ._jobs import address_option, check_executor, executor_option, job_progress, jobs_option
 
 
@@ -21,7 +31,7 @@ def render_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Output image: .png or .svg (labelled grid), or a "
                                 "directory (no suffix): one PNG per unit, LAYER_UNIT.png (bulk renders)."),
     size: int = size_option(128, help="Image size in pixels."),
-    steps: int | None = count_option(None, "--steps", help="Optimization steps (default: the render default)."),
+    steps: int | None = steps_option(None, "Optimization steps (default: the render default)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same image)."),
     objective: str = typer.Option("channel", "--objective", help="'channel' (mean over positions) or "
                                   "'neuron' (centre position)."),

@@ -43,6 +43,7 @@ from ..models import get_module, input_spec, resolve
 from ..optvis.objectives import Objective
 from ..optvis.render import render
 from ..optvis.transforms import TransformConfig
+from ..utils.limits import check_size
 
 __all__ = ["BestCase", "best_case", "connection_gradient"]
 
@@ -189,6 +190,7 @@ def best_case(
         except WeightvizError:
             pass
     size = _int(size, "size", 16)
+    check_size(size, "size")  # the bound of render: a huge size is one line, not an allocator error
     rf = receptive_field(model, dst, src, input_size=size)
     if rf.target is None:
         raise WeightvizError(f"{dst!r} has no spatial axes; best_case needs a conv/block output [C, H, W]")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import WeightvizError
+from ..errors import WeightvizError, WeightvizWarning, warn_once
 
 __all__ = ["ImageSet", "as_images", "default_batch", "images"]
 
@@ -104,6 +104,33 @@ def _resize_square(image, size: int):
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def _to_rgb(image):
+    """Any PIL image -> 8-bit RGB with its values *scaled*, not clipped: Pillow's ``convert("RGB")`` reads
+    16-bit grey (modes ``I;16*``, and ``I`` for a 16-bit PNG) as 8-bit values and clips them, which turns
+    a 16-bit photo white. Integer modes are scaled from 16 bits (``I`` from a PNG holds 16-bit samples;
+    other ``I`` images from their own maximum), float images (``F``) from [0, 1] (or their maximum above
+    1); transparency is dropped (palette and alpha modes keep their colours)."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return image.convert("RGB") if mode == "L" else image
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        peak = float(a.max(initial=0.0))
+        if mode == "F":
+            top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
+        elif mode.startswith("I;16") or image.format == "PNG" or 255 < peak <= 65535:
+            top = 65535.0
+        else:
+            top = max(255.0, peak)
+        grey = np.clip(np.nan_to_num(a / top) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
 
 
 def _to_tensor(image) -> torch.Tensor:
@@ -257,9 +284,9 @@ def _folder_loaders(folder: Path, size: int) -> list:
             good.append(p)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             bad += 1
-    if bad:
-        warnings.warn(f"skipped {bad} unreadable image file{'s' if bad > 1 else ''} in {str(folder)!r}",
-                      UserWarning, stacklevel=3)
+    if bad:  # a WeightvizWarning (the CLI prints it as one line), once per process for one folder
+        warn_once(f"skipped {bad} unreadable image file{'s' if bad > 1 else ''} in {str(folder)!r}",
+                  WeightvizWarning, stacklevel=3)
     if not good:
         raise WeightvizError(
             f"no readable images in {str(folder)!r} (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
@@ -268,7 +295,7 @@ def _folder_loaders(folder: Path, size: int) -> list:
         def load():
             try:
                 with Image.open(path) as im:
-                    return _resize_square(im.convert("RGB"), size)
+                    return _resize_square(_to_rgb(im), size)
             except (OSError, ValueError) as e:
                 raise WeightvizError(f"cannot read image {str(path)!r}: {e}") from None
         return load

@@ -15,9 +15,11 @@ but the job record and the model crosses the process boundary.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,11 +168,35 @@ def _worker_init(init: Callable[..., Any], args: tuple, threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    _WORKER["state"] = init(*args)
+    with _caught() as said:
+        _WORKER["state"] = init(*args)
+    _WORKER["said"] = said
 
 
-def _worker_call(fn: Callable[[Any, Job], Any], job: Job) -> Any:
-    return fn(_WORKER["state"], job)
+@contextlib.contextmanager
+def _caught() -> Iterator[list[tuple[type, str]]]:
+    """Collect the :class:`~weightviz.errors.WeightvizWarning` s raised inside (as ``(category,
+    message)``) for the driver to show; other warnings are shown here as usual."""
+    from ..errors import WeightvizWarning
+
+    said: list[tuple[type, str]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WeightvizWarning)
+        yield said
+    for w in caught:
+        if isinstance(w.category, type) and issubclass(w.category, WeightvizWarning):
+            said.append((w.category, str(w.message)))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+def _worker_call(fn: Callable[[Any, Job], Any], job: Job) -> tuple[Any, list[tuple[type, str]]]:
+    """Run one job in a worker: its result and the WeightvizWarnings it (or the worker's start-up) raised,
+    which the driver shows (once each), so a warning reads the same with or without worker processes."""
+    said = _WORKER.pop("said", [])
+    with _caught() as more:
+        result = fn(_WORKER["state"], job)
+    return result, said + more
 
 
 class ProcessExecutor:
@@ -195,10 +221,15 @@ class ProcessExecutor:
         )
 
     def imap(self, fn: Callable[[Any, Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:
+        from ..errors import warn_once
+
         futures = {self._pool.submit(_worker_call, fn, job): job for job in jobs}
         try:
             for fut in cf.as_completed(futures):
-                yield futures[fut], fut.result()
+                result, said = fut.result()
+                for category, message in said:
+                    warn_once(message, category)
+                yield futures[fut], result
         finally:
             for fut in futures:
                 fut.cancel()

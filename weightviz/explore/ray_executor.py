@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import WeightvizError
 
-__all__ = ["RayExecutor", "import_ray"]
+__all__ = ["RayExecutor", "check_address", "import_ray"]
 
 
 def import_ray():
@@ -41,6 +41,32 @@ def import_ray():
     except ImportError as e:
         raise WeightvizError("--executor ray needs Ray: pip install 'weightviz[ray]' (or pip install ray)") from e
     return ray
+
+
+def check_address(address: str | None, timeout: float = 3.0) -> None:
+    """Refuse an unusable ``--address`` in one line, fast and before anything is written.
+
+    ``None`` (start a local instance) and ``"auto"`` (Ray finds the cluster of this machine) pass;
+    ``HOST:PORT`` and ``ray://HOST:PORT`` must be readable and something must accept a TCP connection
+    there within ``timeout`` seconds (Ray itself would retry for half a minute, logging as it goes).
+    """
+    if address is None or address == "auto":
+        return
+    import socket
+
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port_text = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise WeightvizError(f"cannot read --address {address!r}: use auto, ray://HOST:PORT or HOST:PORT "
+                             "(omit it to start a local Ray instance)")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or (str(e) or type(e).__name__)
+        raise WeightvizError(f"cannot reach Ray at {address!r}: {reason}; start the cluster (`ray start --head`) "
+                             "or fix --address") from None
 
 
 class _JobActor:
@@ -87,11 +113,8 @@ class RayExecutor:
         ray = import_ray()
         self._ray = ray
         self._started = False
-        if address is not None and not (address == "auto" or address.startswith("ray://")
-                                        or ":" in address):
-            raise WeightvizError(f"cannot read --address {address!r}: use auto, ray://HOST:PORT or HOST:PORT "
-                                 "(omit it to start a local Ray instance)")
         if not ray.is_initialized():
+            check_address(address)  # one line at once, not Ray's half minute of retries and log lines
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.WARNING, "configure_logging": True}
             try:

@@ -425,12 +425,13 @@ class ExplorerServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, app: ExplorerApp, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
+        self.app = app  # before binding: a failed bind calls server_close(), which closes the app
+        self.verbose = verbose
         try:
             super().__init__((host, port), _Handler)
-        except OSError as e:
-            raise WeightvizError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None
-        self.app = app
-        self.verbose = verbose
+        except (OSError, OverflowError) as e:  # port in use, an address not of this machine, a bad host name
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise WeightvizError(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host") from None
         if verbose:
             app.renders.log = lambda line: print(f"weightviz serve: {line}", file=sys.stderr, flush=True)
 

@@ -70,6 +70,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises :class:`WeightvizError` for a missing, corrupt or code-carrying file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightvizError(f"weights file {str(path)!r} is a directory; give the .safetensors or .pth file in it")
     if not path.is_file():
         raise WeightvizError(f"weights file not found: {str(path)!r}")
     if path.suffix == ".safetensors":
