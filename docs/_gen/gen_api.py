@@ -31,15 +31,25 @@ MODULE_PAGES = {
 }
 
 
+def public_module(module: str) -> types.ModuleType:
+    """``"weightviz.objectives"`` -> the module object, reached as users reach it (attributes of
+    ``weightviz``, which need not be the module's own import path)."""
+    parts = module.split(".")
+    obj = importlib.import_module(parts[0])
+    for p in parts[1:]:
+        obj = getattr(obj, p)
+    return obj
+
+
 def public_names(module: str) -> list[str]:
     """The public names of a public module, as its ``__all__`` lists them."""
-    return list(importlib.import_module(module).__all__)
+    return list(public_module(module).__all__)
 
 
 def identifier(module: str, name: str) -> str:
     """The mkdocstrings identifier of ``module.name``: where the object is defined when it is a class or a
     function of weightviz (so griffe finds it statically), else the public path (griffe follows the import)."""
-    obj = getattr(importlib.import_module(module), name)
+    obj = getattr(public_module(module), name)
     if isinstance(obj, types.ModuleType):
         return obj.__name__
     mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
@@ -66,7 +76,7 @@ def _kind(obj) -> str:
 
 def _group(module: str, name: str) -> str:
     """Section of the top-level page: the defining module's last component (models, expand, ...)."""
-    obj = getattr(importlib.import_module(module), name)
+    obj = getattr(public_module(module), name)
     if isinstance(obj, types.ModuleType):
         return "Submodules"
     mod = getattr(obj, "__module__", None)
@@ -76,7 +86,7 @@ def _group(module: str, name: str) -> str:
 
 
 def _entry(module: str, name: str) -> str:
-    obj = getattr(importlib.import_module(module), name)
+    obj = getattr(public_module(module), name)
     kind = _kind(obj)
     ident = identifier(module, name)
     lines = [f"### `{module}.{name}` {{ #{anchor(module, name)} }}", ""]
@@ -104,7 +114,7 @@ def api_pages() -> dict[str, str]:
         index += [f"## [{title}]({page}.md)", "", blurb, "",
                   " · ".join(f"[`{n}`]({page}.md#{anchor(module, n)})" for n in names), ""]
         out = [f"# {title}", "", blurb, ""]
-        mod = importlib.import_module(module)
+        mod = public_module(module)
         doc = inspect.getdoc(mod)
         if doc and page != "weightviz":
             out += [f"::: {mod.__name__}", "    options:", "      members: false", "      show_root_heading: false", ""]

@@ -1,7 +1,9 @@
 """Generate the figure gallery: every figure kind of ``weightviz.figures.FIGURES``, drawn at build time on
 the embedded EfficientNet-Lite0 at small settings, next to the call that makes it (run by mkdocs-gen-files).
 
-A figure kind added to ``FIGURES`` without an entry in :data:`GALLERY` fails the build (and
+Figures whose FVs or data passes take tens of seconds on a CPU are not redrawn: their picture is the one
+committed in ``docs/`` (made by ``make demo`` or ``docs/make_fig_examples.py`` with the call shown), listed
+in :data:`REUSED`; the others are drawn by the build. A figure kind added to ``FIGURES`` without an entry in :data:`GALLERY` fails the build (and
 ``tests/test_docs.py``), so the gallery stays complete.
 """
 
@@ -74,7 +76,30 @@ GALLERY: dict[str, tuple[str, str, str]] = {
     "token-weights": (
         "Token weights",
         "Expanded weights between token layers of a ViT, as maps on the patch grid (random init here).",
-        'wv.figures.token_weights(vit, "blocks.3", "blocks.4", 7, k=4, size=64, steps=16)'),
+        'wv.figures.token_weights(vit, "blocks.3", "blocks.4", 7, k=6, fv=False)'),
+}
+
+
+# kind -> (picture in docs/, the call that made it): redrawing these would cost minutes of the build
+REUSED: dict[str, tuple[str, str]] = {
+    "top-inputs": ("fig_top_inputs.png",
+                   'wv.figures.top_inputs(m, "blocks.3.0", 24, src="blocks.2.0", k=8, size=64, steps=128)'),
+    "family-grid": ("fig_family_grid.png",
+                    'wv.figures.family_grid(m, [18, 31, 0, 9, 38], [24, 51, 20, 52, 1], "blocks.2.0", "blocks.3.0", '
+                    'size=64, steps=128)'),
+    "spatial": ("fig_spatial.png",
+                'wv.figures.spatial_positions(m, "blocks.3.0", 24, src="blocks.2.0", max_size=5, min_fade=0.2, '
+                'size=64, steps=128)'),
+    "factors": ("fig_factors.png",
+                'wv.figures.weight_factors(m, "blocks.2.0", "blocks.3.0", [24, 51, 20, 52, 1, 41, 59, 16], '
+                'n_factors=2, n_top=3, size=64, steps=128)'),
+    "paths": ("fig_paths.png",
+              'wv.figures.paths(m, "blocks.1.1", "blocks.2.0", "blocks.3.0", 24, 2, n_routes=5, size=64, steps=128)'),
+    "cases": ("fig_cases.png",
+              'wv.figures.cases(m, "blocks.2.0", "blocks.3.1", 70, wv.images(model=m, size=128, n=48), n_cases=2, '
+              'k=4, n_examples=4, size=64, steps=128)'),
+    "top-examples": ("fig_examples.png", 'wv.figures.top_examples(m, "blocks.3.0", 5, k=9)'),
+    "best-case": ("fig_best_case.png", 'wv.figures.best_case(m, "blocks.1.0", "blocks.2.0", 3)'),
 }
 
 
@@ -100,7 +125,8 @@ def main() -> None:
     lines = ["# Gallery", "",
              "Every figure kind of `weightviz.figures.FIGURES`, drawn when this site was built, on the embedded "
              "EfficientNet-Lite0 at small settings (64 px feature visualizations, 32 optimization steps: the "
-             "defaults give cleaner images). Each is a `Figure`: `.save(\"x.png\")` or `.save(\"x.svg\")`, or "
+             "defaults give cleaner images), except the figures whose picture is committed in the repository "
+             "(made with the call shown, at 128 steps), which would take minutes to redraw. Each is a `Figure`: `.save(\"x.png\")` or `.save(\"x.svg\")`, or "
              "shown inline in a notebook. The same figures from the command line: `weightviz figure KIND ...` "
              "(see [the command line](cli.md)).", "",
              "```python", "import weightviz as wv", "m = wv.load_model()                 # embedded EfficientNet-Lite0",
@@ -108,6 +134,12 @@ def main() -> None:
              'vit = wv.load_model("timm:vit_tiny_patch16_224")   # random init: only for token-weights', "```", ""]
     for kind in sorted(GALLERY, key=list(GALLERY).index):
         title, what, call = GALLERY[kind]
+        if kind in REUSED:
+            png_name, made_by = REUSED[kind]
+            lines += [f"## {title} {{ #{kind} }}", "", f"{what} Registry name: `{kind}`.", "", "```python",
+                      f'{made_by}.save("{kind}.png")', "```", "",
+                      f"![{title}]({png_name})", "", f"*Picture committed in the repository as `docs/{png_name}`.*", ""]
+            continue
         if kind == "token-weights" and "vit" not in ns:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
