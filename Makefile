@@ -49,7 +49,7 @@ test: install browser
 # Documentation site: mkdocs --strict (any warning, broken link or failing tutorial notebook fails it).
 # PYTHONPATH makes the build (and the notebook kernels it starts) use this tree's weightviz; feature
 # visualizations of the tutorials and the gallery are cached in build/cache (a rebuild only redraws).
-DOCS_ENV := PYTHONPATH=$(CURDIR) WEIGHTVIZ_CACHE=$(CURDIR)/build/cache DISABLE_MKDOCS_2_WARNING=true
+DOCS_ENV := PYTHONPATH=$(CURDIR) WEIGHTVIZ_CACHE=$(CURDIR)/build/cache DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 
 $(VENV)/.docs-installed: requirements/docs.txt | $(VENV)/.installed
 	$(BIN)/pip install -q -r requirements/docs.txt
