@@ -70,7 +70,7 @@ def test_every_figure_kind_is_in_the_gallery():
         assert call.startswith("wv.figures."), kind
         fn = call.split("(")[0].removeprefix("wv.figures.")
         assert getattr(wv.figures, fn) is wv.figures.FIGURES[kind], kind
-    for kind, (png, _) in gallery.REUSED.items():
+    for png, _ in gallery.REUSED.values():
         assert (DOCS / png).is_file(), png
 
 
