@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 ARCH   := $(shell uname -m)
 OUT    ?= out
 
-.PHONY: demo test install lint bench browser clean help
+.PHONY: demo test install lint bench browser clean help docs
 
 help:
 	@echo "make demo   - install into $(VENV) and write the demo figures and explorer to $(OUT)/"
 	@echo "make test   - install dev dependencies and run the test suite"
+	@echo "make docs   - install the pinned docs dependencies and build the documentation site into build/docs/"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (results go to BENCHMARKS.md by hand)"
 
@@ -45,6 +46,19 @@ demo: install
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Documentation site: mkdocs --strict (any warning, broken link or failing tutorial notebook fails it).
+# PYTHONPATH makes the build (and the notebook kernels it starts) use this tree's weightviz; feature
+# visualizations of the tutorials and the gallery are cached in build/cache (a rebuild only redraws).
+DOCS_ENV := PYTHONPATH=$(CURDIR) WEIGHTVIZ_CACHE=$(CURDIR)/build/cache DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
+
+$(VENV)/.docs-installed: requirements/docs.txt | $(VENV)/.installed
+	$(BIN)/pip install -q -r requirements/docs.txt
+	@touch $@
+
+docs: $(VENV)/.docs-installed
+	$(DOCS_ENV) $(BIN)/python -m mkdocs build --strict --clean
+	@echo "documentation: $(CURDIR)/build/docs/index.html"
+
 lint: install
 	$(BIN)/ruff check weightviz tests benchmarks
 
@@ -52,4 +66,4 @@ bench: install
 	$(BIN)/python benchmarks/nmf.py
 
 clean:
-	rm -rf $(OUT) site .pytest_cache
+	rm -rf $(OUT) site build .pytest_cache
