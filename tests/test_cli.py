@@ -163,9 +163,8 @@ def test_every_count_option_of_every_command_has_a_lower_bound():
 def test_every_steps_option_has_an_upper_bound_and_every_model_command_a_device_option():
     """`--steps` is bounded above (1..MAX_STEPS) everywhere; every command that loads a MODEL takes
     `--device` (the README says every command does)."""
-    from weightviz.utils.limits import MAX_STEPS
-
     from weightviz.cli import _register
+    from weightviz.utils.limits import MAX_STEPS
 
     _register()
     unbounded, no_device = [], []
