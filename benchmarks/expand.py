@@ -73,7 +73,6 @@ def per_unit_loop(model, src, dst, size, rf_at_size, units):
 
 def child(spec: str, src: str, dst: str, method: str, repeats: int, threads: int, loop_units: int) -> dict:
     import weightviz as wv
-    from weightviz.expand import expanded as X
 
     torch.set_num_threads(threads)
     model = _load(spec)
@@ -94,8 +93,8 @@ def child(spec: str, src: str, dst: str, method: str, repeats: int, threads: int
         result.update(shape=list(E.shape), input_size=rf.input_size, field=list(rf.size))
         torch.save(E, f"/tmp/wv_bench_ours_{spec.replace(':', '_')}_{src}_{dst}.pt")
     else:
-        size = 224 if method == "loop@224" else X._field(model, src, dst, None).input_size
-        rf_at = X._field(model, src, dst, size if method == "loop@224" else None)
+        size = 224 if method == "loop@224" else wv.receptive_field(model, dst, src).input_size
+        rf_at = wv.receptive_field(model, dst, src, input_size=size if method == "loop@224" else None)
         n_dst = rf_at.dst_shape[0]
         step = max(1, -(-n_dst // loop_units))
         units = list(range(0, n_dst, step))

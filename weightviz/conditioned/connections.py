@@ -1,6 +1,6 @@
 """Data-conditioned connections: per-example gradients between two layers, and the cases they fall into.
 
-Expanded weights (:mod:`weightviz.expand`) linearize the model and show what a connection does "on
+Expanded weights (:mod:`weightviz.expand.expanded`) linearize the model and show what a connection does "on
 average". Where the nonlinear structure matters they mislead: a boundary detector excited by
 high-to-low *and* low-to-high frequency transitions has expanded weights from high-frequency detectors
 that cancel (Voss et al. 2021, "Expanded weights"). The article names the remedies; two are here:
@@ -310,7 +310,7 @@ def data_weights(
     Returns :class:`DataWeights` with ``.weights`` ``[N, C_src, K, K]`` in the window and convention of
     :func:`weightviz.expanded_weights` (window positions past the map border are 0, see ``.inside``),
     ``.activations`` ``[N]`` and ``.positions`` ``[N, 2]``. Through the real model, in eval mode; one
-    forward and one backward per batch of ``batch_size`` images (default: :func:`weightviz.imageset.default_batch`, 4 on a CPU, 32 on a GPU).
+    forward and one backward per batch of ``batch_size`` images (default: :func:`weightviz.data.default_batch`, 4 on a CPU, 32 on a GPU).
 
     Raises :class:`WeightvizError` for unknown layers, a unit out of range, ``dst`` not after ``src``,
     images with the wrong channel count for the model, or a position outside ``dst``'s map.

@@ -2,9 +2,9 @@
 
 :func:`forward` runs a model once on a zero image ``[1, C, n, n]`` inside :func:`weightviz.linearized`,
 replaces ``src``'s output by a zero tensor (or the caller's) that the linear map is measured from, and
-stops right after ``dst``. Optionally it records the ops from ``src`` on (a :class:`weightviz._compose.Tape`),
+stops right after ``dst``. Optionally it records the ops from ``src`` on (a :class:`weightviz.linearize.compose.Tape`),
 structural float64 values with conv cones (:mod:`weightviz._cone`), captures of middle layers and route
-producers. Both :mod:`weightviz._field` (the field search) and :mod:`weightviz.expand` build on it.
+producers. Both :mod:`weightviz.expand.field` (the field search) and :mod:`weightviz.expand.expanded` build on it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class _Trace:
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
     act_numel: int = 0
     lin: object = None
-    src_node: int | None = None   # tape nodes (weightviz._compose) of src's output and dst's output
+    src_node: int | None = None   # tape nodes (weightviz.linearize.compose) of src's output and dst's output
     dst_node: int | None = None
 
 
@@ -82,7 +82,7 @@ def forward(
     added to it, to take gradients w.r.t. it). ``producers`` (a dict to fill) turns on module-stack and
     producer tracking for route labels. ``cones``: structural mode records the conv cones into it (a
     :class:`weightviz._cone.ConeRecord`); value mode restricts each conv's backward to them. ``tape``:
-    record the ops from ``src`` on (:mod:`weightviz._compose`). ``prefix``: a
+    record the ops from ``src`` on (:mod:`weightviz.linearize.compose`). ``prefix``: a
     :class:`weightviz._geometry.PrefixRecorder` for the map sizes of the ops before ``src``. ``shapes_only``:
     convolutions output zeros of their shape (a forward traced for its geometry, values unused)."""
     device, dtype = device_dtype(model)

@@ -3,7 +3,7 @@
 The expanded weights from layer ``src`` to layer ``dst`` are the weights of the *linear* map from the
 output channels of ``src`` to the output of ``dst`` at one position, obtained "by multiplying adjacent
 weight matrices, ignoring non-linearities" (Voss et al. 2021): every nonlinear op between the two is
-replaced by its closest linear op (:mod:`weightviz.linear`: ReLU-like -> identity, max-pool -> avg-pool,
+replaced by its closest linear op (:mod:`weightviz.linearize.linearizer`: ReLU-like -> identity, max-pool -> avg-pool,
 sigmoid gates -> 0.5, BatchNorm eval -> its affine map, dropout/LRN -> identity). Biases never enter.
 
 How it is computed (exact, not sampled):
@@ -15,7 +15,7 @@ How it is computed (exact, not sampled):
    included, because it is measured on the real forward, not derived from the layer list).
 2. One linearized forward at that size, with ``src``'s output replaced by a zero tensor that requires
    grad (so only the ``src -> dst`` map is measured) and the forward stopped right after ``dst``.
-3. The forward records its ops from ``src`` on (:mod:`weightviz._compose`); the weights are composed
+3. The forward records its ops from ``src`` on (:mod:`weightviz.linearize.compose`); the weights are composed
    backwards from one-hot cotangents of all requested units at once, each cotangent kept only on the
    window of positions that reach the target (never one backward per unit, no full-size maps).
 4. If the route meets an op the tape does not know: batched backwards instead (``torch.func.vjp`` of
@@ -214,7 +214,7 @@ def _expand(model, src, dst, units, rf, gate, kept=None) -> torch.Tensor:
 
 
 def _composed(trace: _Trace, tape: _compose.Tape, units, rf: ReceptiveField) -> torch.Tensor | None:
-    """Expanded weights from the recorded ops of a forward (:func:`weightviz._compose.compose`), or
+    """Expanded weights from the recorded ops of a forward (:func:`weightviz.linearize.compose.compose`), or
     ``None`` if they cannot be composed (then the autograd path runs)."""
     if trace.dst_out is None or trace.src_node is None or trace.dst_node is None or rf.target is None:
         return None
@@ -266,7 +266,7 @@ def expanded_weights(
 
     Norm layers (layer/group/RMS norm) and attention are frozen at statistics measured on ``images``
     (a tensor ``[N, C, H, W]`` prepared for the model, an ImageSet or a folder; default the first 32
-    embedded images), see :mod:`weightviz.linear`: ``norm_scale="data"`` divides by the mean per-position
+    embedded images), see :mod:`weightviz.linearize.linearizer`: ``norm_scale="data"`` divides by the mean per-position
     std of each norm call, ``"unit"`` by 1, a dict ``{norm call: scale}`` by your own.
 
     Token layers (``[B, N, C]`` ViT tokens, ``[B, H, W, C]`` channels-last Swin / ConvNeXt insides) as

@@ -1,8 +1,8 @@
 """Receptive fields: which ``src`` positions reach one ``dst`` position, and the smallest input size at
 which that field is not truncated by any border (used by :func:`weightviz.expanded_weights`).
 
-The field of a target is measured on a linearized forward (:mod:`weightviz._trace`): the boxes of the
-recorded ops traced back from the target (:func:`weightviz._compose.field_box`) or, for ops the recorder
+The field of a target is measured on a linearized forward (:mod:`weightviz.expand._trace`): the boxes of the
+recorded ops traced back from the target (:func:`weightviz.linearize.compose.field_box`) or, for ops the recorder
 does not know, a structural probe (one float64 forward/backward with all weights made positive, so
 nothing cancels).
 
@@ -70,7 +70,7 @@ _RF_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionar
 
 def _probe(model, src, dst, size, target=None) -> ReceptiveField:
     """Field of ``dst[target]`` over ``src`` at input ``size`` (see :func:`receptive_field`): from the boxes
-    of the recorded ops (:func:`weightviz._compose.field_box`, one plain forward) when the tape knows every
+    of the recorded ops (:func:`weightviz.linearize.compose.field_box`, one plain forward) when the tape knows every
     op on the way, else from the structural probe."""
     if _trace.COMPOSE:
         rf = _tape_probe(model, src, dst, size, target)

@@ -12,7 +12,7 @@ question a page asks, each by calling the library:
   ``A`` and channel factors ``H``); the first layer (3 input channels) shown as
   :func:`weightviz.rgb_weights`;
 - banding: :func:`weightviz.banding_score` on the unit's NMF factor maps, and the per-unit permutation
-  p-values of :func:`weightviz.metrics.banding_test`.
+  p-values of :func:`weightviz.banding_test`.
 
 Layer-level results (all units of a layer at once) are memoized in memory, so a page for one unit and
 a layer of pages cost the same batched computation.
@@ -138,7 +138,7 @@ class Explorer(LayerGraph):
     def banding(self, dst: str, src: str | None) -> dict[str, torch.Tensor] | None:
         """Per-unit banding score (:func:`weightviz.banding_score`) of the NMF factor maps (raw weights
         for <= 3 input channels), with the permutation p-values of
-        :func:`weightviz.metrics.banding_test`; ``None`` for 1x1 kernels."""
+        :func:`weightviz.banding_test`; ``None`` for 1x1 kernels."""
         from ..stats import banding_score, banding_test
 
         W = self.weights_from(src, dst)
@@ -279,7 +279,7 @@ class Explorer(LayerGraph):
 
     @_lru(24)
     def layer_scores(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """Every unit's activation on every image of :meth:`image_set`: :func:`weightviz.examples.layer_scores`
+        """Every unit's activation on every image of :meth:`image_set`: :func:`weightviz.conditioned.layer_scores`
         (values ``[N, C]``, positions ``[N, C, 2]``, output shape), one batched pass for the whole layer."""
         from ..conditioned import layer_scores
 

@@ -19,7 +19,7 @@ __all__ = ["best_case", "best_case_figure"]
 
 def best_case_figure(result: Any, k: int = 8, model: nn.Module | None = None, *, fv: FVOptions | bool = False,
                      **fv_options: Any) -> Figure:
-    """Draw a :class:`weightviz.bestcase.BestCase`: the best-case input, and per shown ``src`` channel
+    """Draw a :class:`weightviz.BestCase`: the best-case input, and per shown ``src`` channel
     the achieved connection (gradient on the real model at that input) above the expanded weight, all
     heatmaps on one shared scale. With ``src_unit`` one pair of ``[K, K]`` maps; without, the ``k``
     channels with the largest achieved slice norm. ``fv=True`` (needs ``model``) labels each channel with

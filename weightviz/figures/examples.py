@@ -17,7 +17,7 @@ __all__ = ["examples_figure", "top_examples"]
 
 
 def examples_figure(result: Any, ncols: int | None = None, cell: float = 1.15, title: str | None = None) -> Figure:
-    """Grid of :class:`weightviz.examples.TopExamples` crops, strongest first, each labelled with the
+    """Grid of :class:`weightviz.TopExamples` crops, strongest first, each labelled with the
     image index and the unit's activation. A unit that never fires gets a figure that says so and shows
     no image."""
     r = result

@@ -1,5 +1,5 @@
 """The linearizer's stand-ins for normalization layers and attention (a mixin of
-:class:`weightviz.linear.Linearizer`; the rule and the statistics are in :mod:`weightviz._norms`).
+:class:`weightviz.linearize.Linearizer`; the rule and the statistics are in :mod:`weightviz.linearize.norms`).
 
 - ``layer_norm`` / ``rms_norm`` over the channels of each position or token: ``(x - mean_C(x)) / s * w + b``
   (RMS norm: ``x / s * w``), ``s`` the frozen scale of that call;

@@ -10,7 +10,7 @@
   *gate-only*: allowed where they feed nothing but a sigmoid gate (timm CBAM attention: the gate is a
   constant, so that branch drops out); a gate-only tensor reaching the measured layer raises the error.
 
-:class:`GateRules` is a mixin of :class:`weightviz.linear.Linearizer` (it uses its ``is_tracked``,
+:class:`GateRules` is a mixin of :class:`weightviz.linearize.Linearizer` (it uses its ``is_tracked``,
 ``_run`` and ``_fail``).
 """
 

@@ -1,6 +1,6 @@
 """Expanded weights by composing recorded linear ops backwards on cropped tensors (no autograd).
 
-During the linearized forward from ``src`` to ``dst`` the :class:`~weightviz.linear.Linearizer` records
+During the linearized forward from ``src`` to ``dst`` the :class:`~weightviz.linearize.Linearizer` records
 every op on a tracked tensor into a :class:`Tape` (``conv``, per-channel ``scale`` such as eval
 BatchNorm, ``avgpool``, zero ``pad``, ``add``, channel ``cat``, ``identity``; anything else is recorded
 as ``unsupported``). :func:`compose` then walks the tape backwards from one-hot cotangents of the

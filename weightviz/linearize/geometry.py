@@ -6,11 +6,11 @@ traced forward at a first size records everything the field depends on:
 
 - the *prefix* (model input -> ``src``): every op on a tensor computed from the input, reduced to its
   effect on the map size (:class:`PrefixRecorder`: conv/pool windows, pads, and ops that keep the size);
-- the *route* (``src`` -> ``dst``): the recorded linear ops of the tape (:mod:`weightviz._compose`).
+- the *route* (``src`` -> ``dst``): the recorded linear ops of the tape (:mod:`weightviz.linearize.compose`).
 
 :class:`Geometry` then computes, for any input size ``n``, every map size on the way, the ``dst``
 position at the centre and the box of ``src`` positions that reach it (the tape's own box propagation,
-:func:`weightviz._compose.field_box`, run on the sizes and paddings of ``n``). TF-"SAME" padding is
+:func:`weightviz.linearize.compose.field_box`, run on the sizes and paddings of ``n``). TF-"SAME" padding is
 computed from the input size by the model (``F.pad`` before a conv or pool without padding); a pad whose
 amounts are the SAME amounts of the conv it feeds at the traced size is re-computed per size, any other
 pad is kept. Anything the recorder cannot size (interpolation, reshapes, an op that changes the map size

@@ -52,7 +52,7 @@ softmax, scaled_dot_product_attention (attention)       the frozen pattern: the 
 ======================================================  =========================================
 
 The two self-gating / gate-only rows are implemented in :mod:`weightviz._gating`.
-Frozen statistics (:mod:`weightviz._norms`, stand-ins in :mod:`weightviz._frozen`) are measured by one
+Frozen statistics (:mod:`weightviz.linearize.norms`, stand-ins in :mod:`weightviz.linearize._frozen`) are measured by one
 pass of the real model over an image set (default: the first 32 embedded images), cached per model hash
 and image set; calls are named by the module that runs them (``blocks.0.norm1``, ``blocks.0.attn``).
 
@@ -162,7 +162,7 @@ class Linearizer(GateRules, FrozenOps, LinearOps, TorchFunctionMode):
         self.shapes_only = shapes_only
         #: a weightviz._geometry.PrefixRecorder: records map-size effects of the untracked ops before src
         self.prefix = prefix
-        # frozen statistics of norms and attention (weightviz._norms, weightviz._frozen), their call namer
+        # frozen statistics of norms and attention (weightviz.linearize.norms, weightviz.linearize._frozen), their call namer
         self.stats = stats
         self.names = names
         #: a norm or attention call was frozen in this forward (its values depend on ``stats``)
@@ -178,7 +178,7 @@ class Linearizer(GateRules, FrozenOps, LinearOps, TorchFunctionMode):
         # and fills its box from the backward; value mode reads them in the same call order
         self.cones = cones
         self._conv_calls = 0
-        # value mode with a tape (weightviz._compose): every op on tracked tensors is recorded, tensors
+        # value mode with a tape (weightviz.linearize.compose): every op on tracked tensors is recorded, tensors
         # get a node per version (an in-place op makes a new node of the same object)
         self.tape = None if structural else tape
         #: dtype of constants that replace tracked values (gates); set by the caller (default: the input's)
@@ -356,7 +356,7 @@ class Linearizer(GateRules, FrozenOps, LinearOps, TorchFunctionMode):
             out = fn(x, _arg(args, kwargs, 1, "output_size"))
             self.track(out)
             return out
-        # -- norms and attention -> frozen statistics (weightviz._frozen)
+        # -- norms and attention -> frozen statistics (weightviz.linearize._frozen)
         if name in _norms.KINDS:
             return self._frozen(func, name, args, kwargs)
         # -- linear ops
@@ -458,7 +458,7 @@ def linearized(
     """Run ``model`` linearized inside the ``with`` block (eval mode; restored afterwards).
 
     Every nonlinear op applied to a tensor that depends on the model input is replaced by its linear
-    stand-in (table in :mod:`weightviz.linear`): ReLU-like activations -> identity, sigmoid gates ->
+    stand-in (table in :mod:`weightviz.linearize.linearizer`): ReLU-like activations -> identity, sigmoid gates ->
     the constant ``gate`` (0.5 by default, the gate's value at zero input), max-pool -> avg-pool,
     dropout/LRN -> identity, batch norm keeps its affine eval form. Unknown nonlinear ops raise
     :class:`~weightviz.WeightvizError` naming the op. The result of ``model(x)`` is then an affine

@@ -272,7 +272,7 @@ class _Recorder(TorchFunctionMode):
 
 def _images_tensor(images: Any, model: nn.Module, size: int | None) -> torch.Tensor:
     """The images as one model-ready tensor ``[N, C, size, size]`` (the shared image set's rules:
-    :func:`weightviz.imageset.as_images`; a prepared tensor of another size is resized bilinearly)."""
+    :func:`weightviz.data.as_images`; a prepared tensor of another size is resized bilinearly)."""
     from ..data import as_images
     from ..data import images as embedded
 

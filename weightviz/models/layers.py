@@ -33,7 +33,7 @@ class LayerInfo:
     ``weight_shape`` is the module's own weight shape (``None`` for blocks), ``out_channels`` the
     number of output channels (from the weights, or measured by one forward pass), ``out_shape`` the
     measured output shape ``[C, H, W]`` at the model's input size (token layers: ``[N, C]`` or channels-last
-    ``[H, W, C]``, read by :mod:`weightviz._tokens`; ``None`` if unknown).
+    ``[H, W, C]``, read by :mod:`weightviz.models.tokens`; ``None`` if unknown).
     """
 
     name: str

@@ -7,7 +7,7 @@ per objective.
 
 Activations are ``[B, C, H, W]`` (conv layers; ``y`` indexes H, ``x`` indexes W), ``[B, C]`` (linear), or
 token layers: ``[B, N, C]`` (ViT: class/prefix tokens first, then the patch grid) and channels-last
-``[B, H, W, C]`` (Swin), see :mod:`weightviz._tokens`. Positions ``x``, ``y`` default to the centre
+``[B, H, W, C]`` (Swin), see :mod:`weightviz.models.tokens`. Positions ``x``, ``y`` default to the centre
 ``((H - 1) // 2, (W - 1) // 2)`` of the layer's output (of the patch grid for tokens); channel and
 direction objectives average over the patch positions, the class token excluded; ``token=i`` in
 :func:`neuron` / :func:`direction_neuron` selects one token by index instead (``token=0``: the class token).

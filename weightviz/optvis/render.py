@@ -2,10 +2,10 @@
 
 Per batch of objectives: a decorrelated Fourier image (:mod:`.param`), each step one random
 transform shared by the batch (:mod:`.transforms`), the model's input normalization, a forward pass
-that stops after the deepest layer the objectives read (:mod:`._hooks`), and Adam on minus the sum of
+that stops after the deepest layer the objectives read (:mod:`weightviz.models.hooks`), and Adam on minus the sum of
 each item's own objective. During the first ``redirect_steps`` steps ReLU/ReLU6 gradients are redirected
 (Lucid's trick) so units that are dead on the initial noise still start to fire: a ``TorchFunctionMode``
-(:class:`._hooks.RedirectReLU`) swaps every relu/relu6/hardtanh call, functional or module, for a custom
+(:class:`._relu.RedirectReLU`) swaps every relu/relu6/hardtanh call, functional or module, for a custom
 autograd function whose backward, for a batch item whose ordinary gradient is all zero, lets through the
 gradient components that push the pre-activation towards the active range.
 
@@ -148,7 +148,7 @@ def render(
     ``callback(step, images, indices)``: called after every step (``step`` from 1) with the current
     images ``[b, C, size, size]`` (detached) of the objectives at ``indices`` (not for cached items).
     ``smooth_relu=(beta0, beta1)``: optimize through softplus-smoothed ReLU/ReLU6/hardtanh whose sharpness
-    grows geometrically from ``beta0`` to ``beta1`` over the steps (:class:`._hooks.SmoothReLU`): needed
+    grows geometrically from ``beta0`` to ``beta1`` over the steps (:class:`._relu.SmoothReLU`): needed
     by objectives that are gradients of the model (second order), which are flat through piecewise-linear
     activations; the final ``values`` are measured on the real model.
 
