@@ -35,7 +35,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     import weightviz as wv
-    from weightviz.expand import _trace
+    from weightviz.expand import reference_paths
     from weightviz.linearize import compose as _compose
 
     used = {"composed": 0, "fallback": 0}
@@ -59,15 +59,13 @@ def main() -> None:
             units = list(range(args.units))
             before = dict(used)
             try:
-                _trace.COMPOSE = True
                 got = wv.expanded_weights(model, src, dst, units=units)
             except wv.WeightvizError as e:
                 print(f"{spec} {src} -> {dst}: refused: {str(e)[:100]}")
                 continue
             path = "composed" if used["composed"] > before["composed"] else "fallback"
-            _trace.COMPOSE = False
-            ref = wv.expanded_weights(model, src, dst, units=units)
-            _trace.COMPOSE = True
+            with reference_paths():
+                ref = wv.expanded_weights(model, src, dst, units=units)
             err = float((got - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
             worst, n = max(worst, err), n + 1
             print(f"{spec} {src} -> {dst} {tuple(got.shape)}: {path}, rel. diff {err:.1e}")

@@ -38,12 +38,16 @@ WARMUP_OTHER = ("torchvision:resnet18", "layer1.0", "layer2.0")
 
 
 def child(spec: str, src: str, dst: str, method: str, cached: int, threads: int) -> dict:
+    import contextlib
+
     import weightviz as wv
-    from weightviz.expand import field as _field
 
     torch.set_num_threads(threads)
-    if method == "probes":
-        _field._fast_search = lambda *a, **k: None
+    # "probes": fields by the structural probe (the reference path), weights composed as usual
+    from weightviz.expand import reference_paths
+
+    paths = reference_paths(weights=False, field=True) if method == "probes" else contextlib.nullcontext()
+    paths.__enter__()
     torch.manual_seed(0)
     warm = wv.load_model(WARMUP[0] if spec != WARMUP[0] else WARMUP_OTHER[0])
     w_src, w_dst = WARMUP[1:] if spec != WARMUP[0] else WARMUP_OTHER[1:]

@@ -231,3 +231,21 @@ def test_scale_folds_into_its_conv_only_when_the_conv_output_has_no_other_use():
     other = _compose.Op("identity", [1], 3)   # node 1 also feeds another op: keep both
     assert [op.kind for op in _compose._fold_scales([other, scale, conv], keep=(0, 2))] == ["identity", "scale", "conv"]
     assert [op.kind for op in _compose._fold_scales([scale, conv], keep=(0, 1))] == ["scale", "conv"]
+
+
+def test_reference_paths_switch_public_and_restored(lite0, spy):
+    """``weightviz.expand.reference_paths()`` runs the autograd path (no composition) and the probe field
+    search, gives the same weights, and restores the fast paths on exit, also after an error."""
+    from weightviz.expand import reference_paths
+
+    fast = wv.expanded_weights(lite0, "blocks.1.0", "blocks.2.0", units=[0, 3])
+    used = dict(spy)
+    with reference_paths():
+        assert (_trace.COMPOSE, _trace.FAST_FIELD) == (False, False)
+        ref = wv.expanded_weights(lite0, "blocks.1.0", "blocks.2.0", units=[0, 3])
+    assert spy == used                   # the composer was not asked inside the context
+    assert_same(fast, ref)
+    with pytest.raises(ZeroDivisionError), reference_paths(weights=False):
+        assert (_trace.COMPOSE, _trace.FAST_FIELD) == (True, False)
+        1 / 0
+    assert (_trace.COMPOSE, _trace.FAST_FIELD) == (True, True)

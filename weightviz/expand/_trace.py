@@ -9,6 +9,7 @@ producers. Both :mod:`weightviz.expand.field` (the field search) and :mod:`weigh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from ..models import device_dtype, get_module, input_spec
 
 #: compose recorded ops on cropped tensors when possible (else: the autograd path and structural fields)
 COMPOSE = True
+#: read receptive fields off the op tape when possible (else: the structural float64 probe)
+FAST_FIELD = True
 #: what a composer failure can raise: then the autograd path (the reference) or the structural probe runs
 COMPOSE_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, AssertionError)
 
@@ -218,4 +221,24 @@ def _describe(out) -> str:
     if isinstance(out, torch.Tensor):
         return f"a tensor of shape {list(out.shape)}"
     return type(out).__name__
+
+
+@contextlib.contextmanager
+def reference_paths(weights: bool = True, field: bool = True):
+    """Within the context, expanded weights and receptive fields run on the slower reference paths the fast
+    ones are checked against: ``weights``: autograd with batched cotangents instead of composing the
+    recorded op tape; ``field``: the structural float64 probe instead of reading the field off the tape.
+    Results are equal up to float rounding (the tests check it); this is for checking a model of your own
+    and for benchmarks. Not thread-safe (a process-wide switch, restored on exit).
+
+    >>> with weightviz.expand.reference_paths():                                   # doctest: +SKIP
+    ...     ref = wv.expanded_weights(model, "blocks.2.0", "blocks.3.0")
+    """
+    global COMPOSE, FAST_FIELD
+    old = COMPOSE, FAST_FIELD
+    COMPOSE, FAST_FIELD = (old[0] and not weights), (old[1] and not field)
+    try:
+        yield
+    finally:
+        COMPOSE, FAST_FIELD = old
 

@@ -255,7 +255,7 @@ def _search_field(model, src, dst, input_size, target, keep) -> ReceptiveField:
             raise WeightvizError(f"the target position of {dst!r} reads only padding at the model's fixed input "
                                  f"size {fixed}")
     else:
-        rf = _fast_search(model, src, dst, target, keep) if _trace.COMPOSE else None
+        rf = _fast_search(model, src, dst, target, keep) if _trace.COMPOSE and _trace.FAST_FIELD else None
         if rf is None:
             rf = _search(probe, src, dst)
     return rf
