@@ -12,7 +12,7 @@ from PIL import Image
 
 from weightviz.cli import main
 
-MODEL = "torchvision:squeezenet1_1"  # small; features.0 is a 3x3 RGB conv, features.3.expand3x3 is 3x3
+MODEL = "torchvision:squeezenet1_1@random"  # small; features.0 is a 3x3 RGB conv, features.3.expand3x3 is 3x3
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_rgb_and_weights_file(tmp_path, weight_files):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["torchvision:resnet17", "conv1"], "unknown torchvision architecture 'resnet17'"),
+        (["torchvision:resnet17@random", "conv1"], "unknown torchvision architecture 'resnet17'"),
         ([MODEL, "features.33"], "unknown layer 'features.33'. Did you mean"),
         ([MODEL, "features.0", "--units", "60:70"], "out of range: layer 'features.0' has 64 channels"),
         ([MODEL, "features.0", "--units", "64"], "unit 64 out of range"),

@@ -11,7 +11,7 @@ import torch
 
 from weightviz.cli import main
 
-MODEL = "torchvision:squeezenet1_1"  # small; random weights are fine for the plumbing
+MODEL = "torchvision:squeezenet1_1@random"  # small; random weights are fine for the plumbing
 SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3",
          "--example-images", "8", "--case-images", "4"]
 

@@ -1,0 +1,207 @@
+"""Pretrained weights by name through the libraries' own caches, planted in fresh caches (no network):
+timm (Hugging Face hub cache, HF_HUB_OFFLINE=1), torchvision and InceptionV1 (torch hub cache), @enum,
+@file, @random, offline-uncached errors, wrong shapes, preprocessing, class names and top classes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+import weightviz as wv
+from weightviz import WeightvizError
+from weightviz.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMM_NAME = "test_resnet.r160_in1k"  # timm's tiny test net: fast to build, real hub layout
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _plant_hf(hf_home: Path, repo: str, state: dict) -> Path:
+    """Write ``state`` as model.safetensors into ``hf_home``'s hub cache in huggingface_hub's own layout."""
+    from huggingface_hub.file_download import repo_folder_name
+    from safetensors.torch import save_file
+
+    folder = hf_home / "hub" / repo_folder_name(repo_id=repo, repo_type="model")
+    snap = folder / "snapshots" / REV
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(REV)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
+    return snap / "model.safetensors"
+
+
+def _env(tmp_path, **extra):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "WEIGHTVIZ_OFFLINE": "1",
+           "TORCH_HOME": str(tmp_path / "torch"), "PYTHONPATH": str(ROOT)}
+    env.pop("HF_HUB_CACHE", None)
+    env.update(extra)
+    return env
+
+
+def _py(code: str, env, timeout=300):
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("WEIGHTVIZ_OFFLINE", "1")
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def _rn18_file(ckpt: Path, state: dict) -> Path:
+    import torchvision
+
+    path = ckpt / os.path.basename(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    torch.save(state, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ timm
+def test_timm_by_name_and_tag_from_a_planted_hub_cache(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    ref = timm.create_model(TIMM_NAME, pretrained=False)
+    with torch.no_grad():
+        ref.fc.weight.normal_()
+    _plant_hf(tmp_path / "hf", timm.models.get_pretrained_cfg(TIMM_NAME).hf_hub_id, ref.state_dict())
+    torch.save(ref.fc.weight.detach().clone(), tmp_path / "fc.pt")
+    code = f"""
+import json, warnings, torch, weightviz as wv
+warnings.simplefilter("error")
+out = {{}}
+for spec in ["timm:{TIMM_NAME}", "timm:{TIMM_NAME.partition('.')[0]}"]:
+    m = wv.load_model(spec)
+    out[spec] = [wv.is_random_init(m), bool(torch.equal(m.fc.weight, torch.load(r"{tmp_path / 'fc.pt'}"))),
+                 m.weightviz_weights_source, len(wv.class_names(m) or [])]
+print(json.dumps(out))
+"""
+    r = _py(code, _env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for spec, (random_init, equal, source, n_names) in out.items():
+        assert not random_init and equal, spec
+        assert "hf-hub timm/test_resnet.r160_in1k" in source and n_names == 1000
+
+
+def test_timm_offline_uncached_is_one_line_and_fast(tmp_path):
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "weightviz.cli", "layers", f"timm:{TIMM_NAME}"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert time.perf_counter() - t < 10
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "model.safetensors" in err and "timm/test_resnet.r160_in1k" in err
+    assert str(tmp_path / "hf" / "hub") in err and f"timm:{TIMM_NAME}@path/to/" in err
+
+
+def test_timm_cached_file_with_wrong_shapes(tmp_path):
+    import timm
+
+    state = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10).state_dict()
+    _plant_hf(tmp_path / "hf", timm.models.get_pretrained_cfg(TIMM_NAME).hf_hub_id, state)
+    r = subprocess.run([sys.executable, "-m", "weightviz.cli", "layers", f"timm:{TIMM_NAME}"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "do not fit" in err and "fc.weight" in err
+
+
+def test_timm_preprocess_is_timms_transform(lite0):
+    from timm.data import create_transform, resolve_data_config
+
+    img = Image.fromarray(skimage.data.chelsea())
+    want = create_transform(**resolve_data_config({}, model=lite0))(img)[None]
+    torch.testing.assert_close(wv.preprocess(img, lite0), want, rtol=0, atol=0)
+    assert wv.class_names(lite0)[285].startswith("Egyptian cat")
+
+
+# ----------------------------------------------------------------------------------- torchvision
+def test_torchvision_by_name_enum_and_file(torch_home, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18()
+    _rn18_file(torch_home, ref.state_dict())
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    for spec in ("torchvision:resnet18", "torchvision:resnet18@IMAGENET1K_V1", "torchvision:resnet18@DEFAULT"):
+        m = wv.load_model(spec)
+        assert not wv.is_random_init(m) and torch.equal(m.fc.weight, ref.fc.weight)
+        assert m.weightviz_weights is weights
+        assert wv.class_names(m) == list(weights.meta["categories"])
+    img = Image.fromarray(skimage.data.coffee())
+    torch.testing.assert_close(wv.preprocess(img, m), weights.transforms()(img)[None], rtol=0, atol=0)
+    spec = wv.input_spec(m)
+    assert spec.size == 224 and spec.mean == pytest.approx((0.485, 0.456, 0.406))
+    with pytest.raises(WeightvizError, match="has no weights 'IMAGENET9'"):
+        wv.load_model("torchvision:resnet18@IMAGENET9")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    m = wv.load_model(f"torchvision:resnet18@{tmp_path / 'w.safetensors'}")
+    assert not wv.is_random_init(m) and torch.equal(m.conv1.weight, ref.conv1.weight)
+    with pytest.warns(UserWarning, match="random initialization"):
+        assert wv.is_random_init(wv.load_model("torchvision:resnet18@random"))
+
+
+def test_torchvision_offline_uncached_and_wrong_shapes(torch_home, capsys):
+    import torchvision
+
+    t = time.perf_counter()
+    assert main(["layers", "torchvision:resnet18"]) == 2
+    assert time.perf_counter() - t < 10
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "resnet18-f37072fd.pth" in err and str(torch_home) in err
+    assert "torchvision:resnet18@path/to/resnet18-f37072fd.pth" in err
+    _rn18_file(torch_home, torchvision.models.resnet18(num_classes=10).state_dict())
+    with pytest.raises(WeightvizError, match=r"fc.weight has shape \(10, 512\), the model expects \(1000, 512\)"):
+        wv.load_model("torchvision:resnet18")
+
+
+def test_inceptionv1_from_lucents_cache_file(torch_home):
+    from weightviz.models._inceptionv1 import InceptionV1
+
+    torch.manual_seed(0)
+    ref = InceptionV1()
+    torch.save(ref.state_dict(), torch_home / "inception5h.pth")
+    m = wv.load_model("inceptionv1")
+    assert not wv.is_random_init(m)
+    assert torch.equal(m.state_dict()["conv2d0_pre_relu_conv.weight"], ref.state_dict()["conv2d0_pre_relu_conv.weight"])
+    (torch_home / "inception5h.pth").unlink()
+    with pytest.raises(WeightvizError, match=r"inception5h.pth .*torch hub cache .*inceptionv1@path/to/inception5h"):
+        wv.load_model("inceptionv1")
+
+
+# ------------------------------------------------------------------------------------ top classes
+def test_top_classes_is_the_fc_column(resnet18):
+    u = 7
+    r = wv.top_classes(resnet18, "layer4", u, k=10)
+    col = resnet18.fc.weight[:, u].detach()
+    want = col.topk(10)
+    assert r.indices == want.indices.tolist()
+    np.testing.assert_allclose(r.values, want.values.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.bottom.values, col.topk(10, largest=False).values.numpy(), rtol=1e-5, atol=1e-7)
+    assert r.values == sorted(r.values, reverse=True)
+    torch.testing.assert_close(r.all_values, col, rtol=1e-5, atol=1e-7)
+    assert r.names is None  # random init: no class names
+
+
+def test_top_classes_cli_and_figure(lite0, capsys, tmp_path):
+    assert main(["top-classes", "efficientnet_lite0", "blocks.6.0", "3", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert len([ln for ln in out.splitlines() if ln.strip()]) >= 3
+    fig = wv.figures.top_classes(lite0, "blocks.6.0", 3, k=5)
+    fig.save(tmp_path / "tc.png")
+    assert (tmp_path / "tc.png").stat().st_size > 0
