@@ -45,6 +45,7 @@ _COMMAND_MODULES = [
     "examples_cmd",
     "bestcase_cmd",
     "cases_cmd",
+    "classes_cmd",
 ]
 
 
