@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..errors import WeightvizError
-from ..models import is_random_init, model_label
+from ..models import is_random_init, model_label, weights_source
 from . import _png
 from . import paths as P
 from .config import Source
@@ -63,7 +63,8 @@ def _base(ex: Explorer, page_path: str, mode: str) -> dict[str, Any]:
         "root": P.relative_root(page_path),
         "mode": mode,
         "version": __version__,
-        "model": {"name": model_label(ex.model, ex.name), "hash": ex.hash, "random_init": is_random_init(ex.model)},
+        "model": {"name": model_label(ex.model, ex.name), "hash": ex.hash, "random_init": is_random_init(ex.model),
+                  "weights": weights_source(ex.model)},
         "fvcfg": {"size": cfg.size, "steps": cfg.steps, "seed": cfg.seed},
     }
 

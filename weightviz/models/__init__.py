@@ -18,6 +18,7 @@ from .load import (
     model_label,
     model_name,
     resolve,
+    weights_source,
 )
 
 __all__ = [
@@ -25,5 +26,5 @@ __all__ = [
     "check_finite", "default_cache_dir", "device_dtype", "fixed_input_size", "frozen", "get_module",
     "input_spec", "is_random_init", "layers", "load_model", "model_device", "model_hash", "model_label",
     "model_name", "parse_units", "preprocess", "probe_shapes", "resolve", "resolve_device", "to_device",
-    "tokens", "weights",
+    "tokens", "weights", "weights_source",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "model_label",
     "model_name",
     "resolve",
+    "weights_source",
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -254,6 +255,12 @@ def model_name(model: nn.Module) -> str:
 def is_random_init(model: nn.Module) -> bool:
     """Whether :func:`load_model` built ``model`` from a spec without weights (random initialization)."""
     return bool(getattr(model, "weightviz_random_init", False))
+
+
+def weights_source(model: nn.Module) -> str | None:
+    """Where :func:`load_model` took the model's weights from (library, tag, cache or file; "random init"),
+    or ``None`` for a module passed directly."""
+    return getattr(model, "weightviz_weights_source", None)
 
 
 def model_label(model: nn.Module, name: str | None = None) -> str:
