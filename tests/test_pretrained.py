@@ -205,3 +205,52 @@ def test_top_classes_cli_and_figure(lite0, capsys, tmp_path):
     fig = wv.figures.top_classes(lite0, "blocks.6.0", 3, k=5)
     fig.save(tmp_path / "tc.png")
     assert (tmp_path / "tc.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------- CLIP
+def test_open_clip_visual_tower_from_a_planted_hub_cache(tmp_path):
+    pytest.importorskip("open_clip")
+    code = """
+import json, sys, torch, open_clip
+from pathlib import Path
+from safetensors.torch import save_file
+from huggingface_hub.file_download import repo_folder_name
+import weightviz as wv
+from PIL import Image
+import skimage.data
+hf = Path(sys.argv[1])
+cfg = open_clip.get_pretrained_cfg("RN50", "openai")
+repo = cfg["hf_hub"].rstrip("/")
+try:
+    wv.load_model("open_clip:RN50@openai")
+    uncached = ""
+except wv.WeightvizError as e:
+    uncached = str(e)
+torch.manual_seed(0)
+ref = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
+folder = hf / "hub" / repo_folder_name(repo_id=repo, repo_type="model")
+(folder / "snapshots" / "%s").mkdir(parents=True)
+(folder / "refs").mkdir()
+(folder / "refs" / "main").write_text("%s")
+save_file({k: v.detach().contiguous() for k, v in ref.state_dict().items()},
+          str(folder / "snapshots" / "%s" / "open_clip_model.safetensors"))
+m = wv.load_model("open_clip:RN50@openai")
+_, _, pre = open_clip.create_model_and_transforms("RN50", pretrained=None, force_quick_gelu=True)
+img = Image.fromarray(skimage.data.chelsea())
+print(json.dumps({
+    "uncached": uncached,
+    "equal": bool(torch.equal(m.conv1.weight, ref.visual.conv1.weight)),
+    "random": wv.is_random_init(m),
+    "source": wv.weights_source(m),
+    "pre": bool(torch.equal(wv.preprocess(img, m), pre(img)[None])),
+    "out": list(m(wv.preprocess(img, m)).shape),
+}))
+""" % (REV, REV, REV)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "timm/resnet50_clip.openai" in out["uncached"] and str(tmp_path / "hf" / "hub") in out["uncached"]
+    assert "open_clip:RN50@path/to/" in out["uncached"] and "\n" not in out["uncached"]
+    assert out["equal"] and not out["random"] and out["pre"] and out["out"] == [1, 1024]
+    assert out["source"] == "open_clip RN50 pretrained=openai"

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "LayerTable": "models",
     "class_names": "models",
     "is_random_init": "models",
+    "weights_source": "models",
     # factorization
     "nmf": "stats",
     "nmf_image": "stats",

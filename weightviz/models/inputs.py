@@ -155,6 +155,9 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(arr)
     image = image.convert("RGB" if spec.channels == 3 else "L")
+    own = getattr(model, "weightviz_preprocess", None)  # e.g. open_clip's preprocess of a CLIP tower
+    if callable(own) and spec.channels == 3:
+        return own(image).unsqueeze(0).float()
     if spec.channels == 3 and not isinstance(getattr(model, "weightviz_input_spec", None), InputSpec):
         # the weights' own evaluation transform: torchvision's weights.transforms(), timm's data config
         tf = _torchvision_transform(model) or _timm_transform(model)

@@ -79,25 +79,20 @@ def load_model(spec: nn.Module | str | None = None) -> nn.Module:
         model = _load_inceptionv1(spec.partition("@")[2].strip())
     else:
         source, sep, rest = spec.partition(":")
-        if not sep or source not in ("torchvision", "timm"):
+        if source == "open_clip" and sep:
+            from ._openclip import load_open_clip
+
+            arch, _, at = rest.partition("@")
+            model = load_open_clip(arch.strip(), at.strip(), _one_line, _mark_random)
+        elif not sep or source not in ("torchvision", "timm"):
             raise WeightvizError(
                 f"unknown model {spec!r}: use 'efficientnet_lite0', 'inceptionv1[@weights]', "
                 "'torchvision:<arch>[@ENUM|@file|@random]', "
-                "'timm:<name>[.<tag>][@file|@random]', 'timm:hf-hub:<org>/<repo>', or pass an nn.Module"
+                "'timm:<name>[.<tag>][@file|@random]', 'timm:hf-hub:<org>/<repo>', "
+                "'open_clip:<model>@<tag>', or pass an nn.Module"
             )
-        arch, _, at = rest.partition("@")
-        arch, at = arch.strip(), at.strip()
-        if at.lower() == "random":
-            model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
-            _mark_random(model, "", source, arch)
-        elif at and (source == "timm" or not _ENUM_RE.match(at) or os.path.exists(at)):
-            model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
-            _load_weights_into(model, at)
-            model.weightviz_weights_source = f"file {at}"
-        elif source == "torchvision":
-            model = _pretrained_torchvision(arch, at)
         else:
-            model = _pretrained_timm(arch)
+            model = _load_library(source, rest)
     check_finite(model)
     model.eval()
     _NAMES[model] = spec
@@ -245,6 +240,23 @@ def _timm_failure(arch: str, spec: str, e: BaseException) -> str:
     return (f"{spec} needs model.safetensors from the Hugging Face hub repo {repo}, not found in the hub cache "
             f"{constants.HF_HUB_CACHE}{off}; connect to the network to download it, or pass "
             f"'{spec}@path/to/weights.safetensors' ({msg})")
+
+
+def _load_library(source: str, rest: str) -> nn.Module:
+    arch, _, at = rest.partition("@")
+    arch, at = arch.strip(), at.strip()
+    if at.lower() == "random":
+        model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
+        _mark_random(model, "", source, arch)
+    elif at and (source == "timm" or not _ENUM_RE.match(at) or os.path.exists(at)):
+        model = _build_torchvision(arch) if source == "torchvision" else _build_timm(arch)
+        _load_weights_into(model, at)
+        model.weightviz_weights_source = f"file {at}"
+    elif source == "torchvision":
+        model = _pretrained_torchvision(arch, at)
+    else:
+        model = _pretrained_timm(arch)
+    return model
 
 
 def model_name(model: nn.Module) -> str:
