@@ -205,7 +205,7 @@ def test_objectives_on_token_layouts():
                                          ("swin_tiny_patch4_window7_224", "layers.1.blocks.0")])
 def test_render_token_models_at_their_fixed_input_size(arch, layer):
     torch.manual_seed(0)
-    m = wv.load_model("timm:" + arch)
+    m = wv.load_model(f"timm:{arch}@random")
     assert fixed_input_size(m) == 224
     assert wv.layers(m)[layer].out_channels == 192
     seen = []
