@@ -254,3 +254,25 @@ print(json.dumps({
     assert "open_clip:RN50@path/to/" in out["uncached"] and "\n" not in out["uncached"]
     assert out["equal"] and not out["random"] and out["pre"] and out["out"] == [1, 1024]
     assert out["source"] == "open_clip RN50 pretrained=openai"
+
+
+def test_explorer_unit_page_shows_votes_for_the_last_layer(torch_home):
+    import torchvision
+
+    from weightviz.explore import ExploreConfig, Explorer, pages
+    from weightviz.explore.paths import unit_path
+
+    torch.manual_seed(0)
+    _rn18_file(torch_home, torchvision.models.resnet18().state_dict())
+    m = wv.load_model("torchvision:resnet18")
+    cfg = ExploreConfig(size=16, steps=2, top_k=3, n_factors=3, factor_k=3, batch=32, examples=4, example_images=6)
+    ex = Explorer(m, ["layer3.1", "layer4.1"], [0, 1], config=cfg, render_cache=None, name="torchvision:resnet18")
+    assert pages.unit_data(ex, "layer3.1", 1).get("classes") is None  # not the last explored layer
+    d = pages.unit_data(ex, "layer4.1", 1)
+    want = wv.top_classes(m, "layer4.1", 1, k=5)
+    assert [c["index"] for c in d["classes"]["top"]] == want.indices
+    assert [c["name"] for c in d["classes"]["top"]] == want.names
+    html = pages.unit_html(ex, d, "static", lambda layer, unit: True)
+    assert "Votes for" in html and want.names[0].split(",")[0] in html
+    index = pages.index_html(ex, {"layer4.1": [0, 1]}, "static")
+    assert "torchvision ResNet18_Weights.IMAGENET1K_V1" in index

@@ -11,7 +11,7 @@ from ..errors import WeightvizError
 from ..models import class_names, fixed_input_size, input_spec, layers, resolve
 from .expanded import expanded_weights
 
-__all__ = ["TopClasses", "classifier_layer", "top_classes"]
+__all__ = ["TopClasses", "class_votes", "classifier_layer", "top_classes"]
 
 
 @dataclass
@@ -58,6 +58,36 @@ def classifier_layer(model: nn.Module) -> str:
     return last
 
 
+def class_votes(model, layer: str, *, classifier: str | None = None) -> torch.Tensor:
+    """``[C_classes, C_layer]``: for every unit of ``layer``, its expanded weight to each logit summed over
+    the unit's positions, through the linearized head (one expansion for all units of the layer)."""
+    model = resolve(model)
+    layers(model)[layer]  # a one-line error with suggestions for an unknown layer
+    clf = classifier or classifier_layer(model)
+    size = fixed_input_size(model) or input_spec(model).size
+    E = expanded_weights(model, layer, clf, input_size=size)  # [C_cls, C_src, ...positions]
+    return E.reshape(E.shape[0], E.shape[1], -1).sum(-1).detach().float()
+
+
+def rank_classes(values: torch.Tensor, names: list[str] | None, k: int, layer: str = "", unit: int = 0,
+                 classifier: str = "") -> TopClasses:
+    """The :class:`TopClasses` of one unit's votes ``values`` ``[C_classes]``."""
+    k = max(1, min(int(k), values.numel()))
+    if names is not None and len(names) != values.numel():
+        names = None
+
+    def pick(largest: bool) -> TopClasses:
+        vals, idx = values.topk(k, largest=largest)
+        idx_l = idx.tolist()
+        return TopClasses(layer, int(unit), classifier, idx_l, vals.tolist(),
+                          [names[i] for i in idx_l] if names else None)
+
+    top = pick(True)
+    top.bottom = pick(False)
+    top.all_values = values
+    return top
+
+
 def top_classes(model, layer: str, unit: int, k: int = 10, *, classifier: str | None = None) -> TopClasses:
     """The classes ``layer``'s ``unit`` votes for: the expanded weight from the unit to each logit, summed
     over the unit's positions, through the linearized head (global pool, classifier).
@@ -67,26 +97,10 @@ def top_classes(model, layer: str, unit: int, k: int = 10, *, classifier: str | 
     """
     model = resolve(model)
     table = layers(model)
-    table[layer]  # a one-line error with suggestions for an unknown layer
-    clf = classifier or classifier_layer(model)
+    table[layer]
     n_src = table[layer].out_channels
     if n_src is None or not 0 <= int(unit) < n_src:
         raise WeightvizError(f"unit {unit} is out of range for {layer!r} ({n_src} channels)")
-    size = fixed_input_size(model) or input_spec(model).size
-    E = expanded_weights(model, layer, clf, input_size=size)  # [C_cls, C_src, ...positions]
-    v = E[:, int(unit)].reshape(E.shape[0], -1).sum(1).detach().float()
-    k = max(1, min(int(k), v.numel()))
-    names = class_names(model)
-    if names is not None and len(names) != v.numel():
-        names = None
-
-    def pick(largest: bool) -> TopClasses:
-        vals, idx = v.topk(k, largest=largest)
-        idx_l = idx.tolist()
-        return TopClasses(layer, int(unit), clf, idx_l, vals.tolist(),
-                          [names[i] for i in idx_l] if names else None)
-
-    top = pick(True)
-    top.bottom = pick(False)
-    top.all_values = v
-    return top
+    clf = classifier or classifier_layer(model)
+    V = class_votes(model, layer, classifier=clf)
+    return rank_classes(V[:, int(unit)], class_names(model), k, layer, unit, clf)
