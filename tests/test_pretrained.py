@@ -74,13 +74,18 @@ def test_timm_by_name_and_tag_from_a_planted_hub_cache(tmp_path):
     ref = timm.create_model(TIMM_NAME, pretrained=False)
     with torch.no_grad():
         ref.fc.weight.normal_()
-    _plant_hf(tmp_path / "hf", timm.models.get_pretrained_cfg(TIMM_NAME).hf_hub_id, ref.state_dict())
+    cfg = timm.models.get_pretrained_cfg(TIMM_NAME)
+    path = _plant_hf(tmp_path / "hf", cfg.hf_hub_id, ref.state_dict())
+    keep = ("tag", "input_size", "interpolation", "crop_pct", "mean", "std", "num_classes", "first_conv", "classifier")
+    (path.parent / "config.json").write_text(json.dumps(  # what timm's hf-hub: specs read first
+        {"architecture": "test_resnet", "num_classes": 1000,
+         "pretrained_cfg": {k: v for k, v in cfg.to_dict().items() if k in keep}}))
     torch.save(ref.fc.weight.detach().clone(), tmp_path / "fc.pt")
     code = f"""
 import json, warnings, torch, weightviz as wv
 warnings.simplefilter("error")
 out = {{}}
-for spec in ["timm:{TIMM_NAME}", "timm:{TIMM_NAME.partition('.')[0]}"]:
+for spec in ["timm:{TIMM_NAME}", "timm:{TIMM_NAME.partition('.')[0]}", "timm:hf-hub:timm/{TIMM_NAME}"]:
     m = wv.load_model(spec)
     out[spec] = [wv.is_random_init(m), bool(torch.equal(m.fc.weight, torch.load(r"{tmp_path / 'fc.pt'}"))),
                  m.weightviz_weights_source, len(wv.class_names(m) or [])]
@@ -89,6 +94,7 @@ print(json.dumps(out))
     r = _py(code, _env(tmp_path))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out) == 3
     for spec, (random_init, equal, source, n_names) in out.items():
         assert not random_init and equal, spec
         assert "hf-hub timm/test_resnet.r160_in1k" in source and n_names == 1000
@@ -218,7 +224,7 @@ from huggingface_hub.file_download import repo_folder_name
 import weightviz as wv
 from PIL import Image
 import skimage.data
-hf = Path(sys.argv[1])
+hf, REV = Path(sys.argv[1]), sys.argv[2]
 cfg = open_clip.get_pretrained_cfg("RN50", "openai")
 repo = cfg["hf_hub"].rstrip("/")
 try:
@@ -229,11 +235,11 @@ except wv.WeightvizError as e:
 torch.manual_seed(0)
 ref = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
 folder = hf / "hub" / repo_folder_name(repo_id=repo, repo_type="model")
-(folder / "snapshots" / "%s").mkdir(parents=True)
+(folder / "snapshots" / REV).mkdir(parents=True)
 (folder / "refs").mkdir()
-(folder / "refs" / "main").write_text("%s")
+(folder / "refs" / "main").write_text(REV)
 save_file({k: v.detach().contiguous() for k, v in ref.state_dict().items()},
-          str(folder / "snapshots" / "%s" / "open_clip_model.safetensors"))
+          str(folder / "snapshots" / REV / "open_clip_model.safetensors"))
 m = wv.load_model("open_clip:RN50@openai")
 _, _, pre = open_clip.create_model_and_transforms("RN50", pretrained=None, force_quick_gelu=True)
 img = Image.fromarray(skimage.data.chelsea())
@@ -245,8 +251,8 @@ print(json.dumps({
     "pre": bool(torch.equal(wv.preprocess(img, m), pre(img)[None])),
     "out": list(m(wv.preprocess(img, m)).shape),
 }))
-""" % (REV, REV, REV)
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf")], env=_env(tmp_path),
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf"), REV], env=_env(tmp_path),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -260,7 +266,6 @@ def test_explorer_unit_page_shows_votes_for_the_last_layer(torch_home):
     import torchvision
 
     from weightviz.explore import ExploreConfig, Explorer, pages
-    from weightviz.explore.paths import unit_path
 
     torch.manual_seed(0)
     _rn18_file(torch_home, torchvision.models.resnet18().state_dict())

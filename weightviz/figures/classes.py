@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..expand import TopClasses, top_classes as _top_classes
+from ..expand import TopClasses
+from ..expand import top_classes as _top_classes
 from ..models import model_label
 from ._core import Figure, new_figure
 from ._registry import register_figure
