@@ -243,7 +243,16 @@ save_file({k: v.detach().contiguous() for k, v in ref.state_dict().items()},
 m = wv.load_model("open_clip:RN50@openai")
 _, _, pre = open_clip.create_model_and_transforms("RN50", pretrained=None, force_quick_gelu=True)
 img = Image.fromarray(skimage.data.chelsea())
+import open_clip.modified_resnet as mr
+feat = {}
+hook = m.layer4.register_forward_hook(lambda mod, i, o: feat.__setitem__("f", o))
+x = torch.randn(2, 3, 224, 224)
+with torch.no_grad():
+    y = m(x)
+    hook.remove()
+    pool_diff = float((mr.AttentionPool2d.forward(m.attnpool, feat["f"]) - y).abs().max())
 print(json.dumps({
+    "pool_diff": pool_diff,
     "uncached": uncached,
     "equal": bool(torch.equal(m.conv1.weight, ref.visual.conv1.weight)),
     "random": wv.is_random_init(m),
@@ -260,6 +269,7 @@ print(json.dumps({
     assert "open_clip:RN50@path/to/" in out["uncached"] and "\n" not in out["uncached"]
     assert out["equal"] and not out["random"] and out["pre"] and out["out"] == [1, 1024]
     assert out["source"] == "open_clip RN50 pretrained=openai"
+    assert out["pool_diff"] < 1e-5  # the attention pool, decomposed for the frozen-attention path, is unchanged
 
 
 def test_explorer_unit_page_shows_votes_for_the_last_layer(torch_home):

