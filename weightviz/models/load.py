@@ -135,12 +135,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:300]
 
 
-def _torch_hub_file(url: str, spec: str, file_name: str | None = None) -> dict:
+def _torch_hub_file(url: str, spec: str, file_name: str | None = None, what: str = "") -> dict:
     """Fetch ``url`` through torch hub's cache (``TORCH_HOME/hub/checkpoints``) as torch hub does; one-line
     :class:`WeightvizError` when it is not cached and downloads are refused or fail."""
     name = file_name or os.path.basename(urlparse(url).path)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    hint = (f"{spec} needs {name} ({url}), not found in the torch hub cache {cache}; connect to the "
+    hint = (f"{spec} needs {name} ({what}{url}), not found in the torch hub cache {cache}; connect to the "
             f"network to download it, or pass '{spec.split('@')[0]}@path/to/{name}'")
     if not (cache / name).exists() and offline():
         raise WeightvizError(hint + " (downloads are off: WEIGHTVIZ_OFFLINE/HF_HUB_OFFLINE)")
@@ -320,7 +320,8 @@ def _load_inceptionv1(path: str) -> nn.Module:
         _load_weights_into(model, path)
         model.weightviz_weights_source = f"file {path}"
     else:
-        sd = _torch_hub_file(INCEPTIONV1_URL, "inceptionv1", INCEPTIONV1_FILE)
+        sd = _torch_hub_file(INCEPTIONV1_URL, "inceptionv1", INCEPTIONV1_FILE,
+                             what="lucent's InceptionV1 weights converted from Lucid, ")
         _check_and_load(model, sd, f"cached weights for inceptionv1 ({INCEPTIONV1_FILE})")
         model.weightviz_weights_source = "lucent inception5h.pth (torch hub)"
     # Lucid's graph takes RGB in [-117, 138]: 255 * x - 117 for an image x in [0, 1]
