@@ -208,6 +208,9 @@ def test_top_classes_cli_and_figure(lite0, capsys, tmp_path):
     assert main(["top-classes", "efficientnet_lite0", "blocks.6.0", "3", "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert len([ln for ln in out.splitlines() if ln.strip()]) >= 3
+    assert main(["figure", "top-classes", "efficientnet_lite0", "blocks.6.0", "3", "-k", "4",
+                 "-o", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").stat().st_size > 0
     fig = wv.figures.top_classes(lite0, "blocks.6.0", 3, k=5)
     fig.save(tmp_path / "tc.png")
     assert (tmp_path / "tc.png").stat().st_size > 0

@@ -49,7 +49,6 @@ _POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
 _LRN = {"size": 9, "alpha": 9.99999974738e-05, "beta": 0.5, "k": 1.0}
 
 
-
 class Concat(nn.Module):
     """Channel concatenation ``[B, C_i, H, W]... -> [B, sum C_i, H, W]`` (a named layer of its own)."""
 
