@@ -294,3 +294,12 @@ def test_explorer_unit_page_shows_votes_for_the_last_layer(torch_home):
     assert "Votes for" in html and want.names[0].split(",")[0] in html
     index = pages.index_html(ex, {"layer4.1": [0, 1]}, "static")
     assert "torchvision ResNet18_Weights.IMAGENET1K_V1" in index
+
+
+def test_unknown_weights_names_are_one_line_errors():
+    with pytest.raises(WeightvizError, match=r"choose one of \['test_resnet.r160_in1k'\]"):
+        wv.load_model("timm:test_resnet.bogus")
+    with pytest.raises(WeightvizError, match="unknown timm architecture"):
+        wv.load_model("timm:no_such_net")
+    with pytest.raises(WeightvizError, match="unknown torchvision architecture"):
+        wv.load_model("torchvision:resnet17")

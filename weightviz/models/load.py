@@ -202,9 +202,13 @@ def _pretrained_timm(arch: str) -> nn.Module:
     import timm
 
     if not arch.startswith("hf-hub:"):
-        base = arch.partition(".")[0]
+        base, dot, _ = arch.partition(".")
         _build_timm(base, build=False)
-        if not timm.list_pretrained(arch if "." in arch else f"{arch}.*") and not timm.list_pretrained(arch):
+        tags = timm.list_pretrained(f"{base}.*")
+        if dot and arch not in tags:
+            raise WeightvizError(f"timm has no pretrained weights {arch!r}: "
+                                 f"{'choose one of ' + str(tags) if tags else f'{base} has no pretrained tags'}")
+        if not tags:
             model = _build_timm(arch)
             _mark_random(model, f" (timm has no pretrained weights for {arch})", "timm", arch)
             return model
