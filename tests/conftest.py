@@ -10,6 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+# no test ever downloads: pretrained specs fail fast unless a test planted their weights in a fresh cache
+os.environ.setdefault("WEIGHTVIZ_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WEIGHTVIZ_CACHE", str(Path(__file__).parent / ".." / ".pytest-weightviz-cache"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -28,7 +31,7 @@ def googlenet():
     import weightviz as wv
 
     torch.manual_seed(0)
-    return wv.load_model("torchvision:googlenet")
+    return wv.load_model("torchvision:googlenet@random")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +39,7 @@ def resnet18():
     import weightviz as wv
 
     torch.manual_seed(0)
-    return wv.load_model("torchvision:resnet18")
+    return wv.load_model("torchvision:resnet18@random")
 
 
 class TinyNet(nn.Module):

@@ -27,13 +27,13 @@ def test_version():
 
 
 def test_layers_lists_names(capsys):
-    assert main(["layers", "torchvision:googlenet", "--weights-only"]) == 0
+    assert main(["layers", "torchvision:googlenet@random", "--weights-only"]) == 0
     out = capsys.readouterr().out
     assert "inception3a.branch2.1.conv" in out and "128x96x3x3" in out
 
 
 def test_bad_model_exit2_one_line():
-    r = run("layers", "torchvision:resnet17")
+    r = run("layers", "torchvision:resnet17@random")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Did you mean 'resnet18'" in r.stderr
     assert "Traceback" not in r.stderr
@@ -241,7 +241,7 @@ def test_serve_with_a_corrupt_db_names_db_before_loading(tmp_path, capsys, monke
 def test_ctrl_c_during_a_render_exits_130_with_one_line_and_no_file(tmp_path):
     out = tmp_path / "o.png"
     proc = subprocess.Popen(
-        [*CLI, "render", "torchvision:resnet18", "layer1.0", "0:4", "-o", str(out), "--size", "64",
+        [*CLI, "render", "torchvision:resnet18@random", "layer1.0", "0:4", "-o", str(out), "--size", "64",
          "--steps", "1000000", "--no-cache"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -260,7 +260,7 @@ def test_ctrl_c_during_a_render_exits_130_with_one_line_and_no_file(tmp_path):
 
 # ------------------------------------------------------------------------------------ weights files
 def test_random_init_says_so_in_exactly_one_line():
-    r = run("layers", "torchvision:resnet18", "--blocks")
+    r = run("layers", "torchvision:resnet18@random", "--blocks")
     assert r.returncode == 0 and r.stderr == RANDOM_INIT + "\n"
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from weightviz.cli import main
 
-MODEL = "torchvision:squeezenet1_1"  # small; features.0 is a 3x3 RGB conv, features.3.expand3x3 is 3x3
+ARCH = "torchvision:squeezenet1_1"
+MODEL = f"{ARCH}@random"  # small; features.0 is a 3x3 RGB conv, features.3.expand3x3 is 3x3
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_nmf_png_and_svg(tmp_path, capsys):
 
 
 def test_rgb_and_weights_file(tmp_path, weight_files):
-    spec = f"{MODEL}@{weight_files / 'good.safetensors'}"
+    spec = f"{ARCH}@{weight_files / 'good.safetensors'}"
     assert main(["nmf", spec, "features.0", "--rgb", "-o", str(tmp_path / "rgb.png")]) == 0
     assert outputs(tmp_path) == ["rgb.png"]
 
@@ -62,7 +63,7 @@ def test_rgb_and_weights_file(tmp_path, weight_files):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["torchvision:resnet17", "conv1"], "unknown torchvision architecture 'resnet17'"),
+        (["torchvision:resnet17@random", "conv1"], "unknown torchvision architecture 'resnet17'"),
         ([MODEL, "features.33"], "unknown layer 'features.33'. Did you mean"),
         ([MODEL, "features.0", "--units", "60:70"], "out of range: layer 'features.0' has 64 channels"),
         ([MODEL, "features.0", "--units", "64"], "unit 64 out of range"),
@@ -78,7 +79,7 @@ def test_bad_input_exit2_one_line_no_output(tmp_path, weight_files, capsys, args
     if args[0].startswith("@"):
         name = {"missing": "none.safetensors", "nan": "nan.safetensors", "corrupt": "corrupt.safetensors",
                 "code": "code.pth"}[args[0][1:]]
-        args = [f"{MODEL}@{weight_files / name}", "features.0"]
+        args = [f"{ARCH}@{weight_files / name}", "features.0"]
     out = tmp_path / "out"
     out.mkdir()
     assert main(["nmf", *args, "-o", str(out / "x.png")]) == 2
@@ -114,7 +115,7 @@ def test_read_only_directory(tmp_path, capsys):
 
 def test_subprocess_nan_weights(tmp_path, weight_files):
     r = subprocess.run(
-        [sys.executable, "-m", "weightviz.cli", "nmf", f"{MODEL}@{weight_files / 'nan.safetensors'}",
+        [sys.executable, "-m", "weightviz.cli", "nmf", f"{ARCH}@{weight_files / 'nan.safetensors'}",
          "features.0", "-o", str(tmp_path / "x.png")],
         capture_output=True, text=True,
     )

@@ -324,7 +324,7 @@ def test_cli_expand_figure_and_tensor(tmp_path, capsys):
     from weightviz.cli import main
 
     png, st = tmp_path / "e.png", tmp_path / "e.safetensors"
-    args = ["expand", "torchvision:resnet18", "layer1.0", "layer1.1.conv1", "--unit", "4,9", "--top", "5",
+    args = ["expand", "torchvision:resnet18@random", "layer1.0", "layer1.1.conv1", "--unit", "4,9", "--top", "5",
             "-o", str(png), "--save", str(st)]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -339,11 +339,11 @@ def test_cli_expand_figure_and_tensor(tmp_path, capsys):
 def test_cli_expand_bad_input_exits_2_before_work(tmp_path, capsys):
     from weightviz.cli import main
 
-    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer1.1", "-o", str(tmp_path / "x.jpg")]) == 2
+    assert main(["expand", "torchvision:resnet18@random", "layer1.0", "layer1.1", "-o", str(tmp_path / "x.jpg")]) == 2
     assert "must end in one of .png, .svg" in capsys.readouterr().err
-    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer1.1", "--save", str(tmp_path / "x.pt")]) == 2
+    assert main(["expand", "torchvision:resnet18@random", "layer1.0", "layer1.1", "--save", str(tmp_path / "x.pt")]) == 2
     assert ".safetensors" in capsys.readouterr().err
-    assert main(["expand", "torchvision:resnet18", "layer1.0", "layer9"]) == 2
+    assert main(["expand", "torchvision:resnet18@random", "layer1.0", "layer9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("no weights given: random initialization")  # resnet18 without @file
     assert len(err) == 2 and "unknown layer 'layer9'" in err[1]

@@ -11,7 +11,8 @@ import torch
 
 from weightviz.cli import main
 
-MODEL = "torchvision:squeezenet1_1"  # small; random weights are fine for the plumbing
+ARCH = "torchvision:squeezenet1_1"
+MODEL = f"{ARCH}@random"  # small; random weights are fine for the plumbing
 SMALL = ["--layers", "features.3,features.4", "--units", "0:3", "--size", "16", "--steps", "2", "--top", "3",
          "--example-images", "8", "--case-images", "4"]
 
@@ -229,7 +230,7 @@ def test_two_explore_builds_of_one_site_run_one_after_the_other(tmp_path):
     fd = os.open(site / LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "weightviz.cli", "explore", f"{MODEL}@{weights}", "-o", str(site), *SMALL]
+    cmd = [sys.executable, "-m", "weightviz.cli", "explore", f"{ARCH}@{weights}", "-o", str(site), *SMALL]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     errs = ["", ""]

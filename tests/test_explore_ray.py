@@ -90,7 +90,7 @@ def test_bulk_render_on_ray_matches_local_bytes(cluster, tmp_path):
 def test_cli_bulk_render_on_ray_is_the_local_bytes(cluster, tmp_path, capsys):
     from weightviz.cli import main
 
-    args = ["render", "torchvision:squeezenet1_1", "features.3", "0:5", "--size", "16", "--steps", "2",
+    args = ["render", "torchvision:squeezenet1_1@random", "features.3", "0:5", "--size", "16", "--steps", "2",
             "--batch", "2", "--no-cache"]
     torch.manual_seed(0)  # random init: the same weights in both runs (workers get the loaded model)
     assert main([*args, "-o", str(tmp_path / "local")]) == 0

@@ -152,13 +152,13 @@ def test_first_call_runs_two_forwards_and_reuses_the_second(lite0, monkeypatch):
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
-    return wv.load_model("timm:vit_tiny_patch16_224")
+    return wv.load_model("timm:vit_tiny_patch16_224@random")
 
 
 def test_fixed_input_size_is_read_from_the_model(vit, lite0, resnet18):
     assert wv.fixed_input_size(vit) == 224
     assert wv.fixed_input_size(lite0) is None and wv.fixed_input_size(resnet18) is None
-    assert wv.fixed_input_size(wv.load_model("timm:convnext_atto")) is None
+    assert wv.fixed_input_size(wv.load_model("timm:convnext_atto@random")) is None
 
     class Declared(nn.Module):
         weightviz_fixed_input_size = 96

@@ -321,7 +321,7 @@ def test_cli_figure_writes_file(tmp_path, capsys):
     from weightviz.cli import main
 
     out = tmp_path / "top.svg"
-    assert main(["figure", "top-inputs", "torchvision:resnet18", "layer2.0.conv1", "3", "-k", "3", "--no-fv",
+    assert main(["figure", "top-inputs", "torchvision:resnet18@random", "layer2.0.conv1", "3", "-k", "3", "--no-fv",
                  "-o", str(out)]) == 0
     assert out.exists() and out.read_text().lstrip().startswith("<?xml")
     assert "wrote" in capsys.readouterr().out
@@ -330,9 +330,9 @@ def test_cli_figure_writes_file(tmp_path, capsys):
 def test_cli_figure_errors_exit_2(tmp_path, capsys):
     from weightviz.cli import main
 
-    assert main(["figure", "spatial", "torchvision:resnet18", "layer2.0.conv1", "3", "-o",
+    assert main(["figure", "spatial", "torchvision:resnet18@random", "layer2.0.conv1", "3", "-o",
                  str(tmp_path / "x.gif")]) == 2
-    assert main(["figure", "factors", "torchvision:resnet18", "layer2.0.conv", "0:4", "--no-fv", "-o",
+    assert main(["figure", "factors", "torchvision:resnet18@random", "layer2.0.conv", "0:4", "--no-fv", "-o",
                  str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "must end in one of" in err and "Did you mean" in err

@@ -432,7 +432,7 @@ def test_cli_banding(capsys, tmp_path):
     from weightviz.cli import main
 
     out = tmp_path / "bands.png"
-    assert main(["banding", "torchvision:mobilenet_v3_small", "--n-perm", "100", "-o", str(out)]) == 0
+    assert main(["banding", "torchvision:mobilenet_v3_small@random", "--n-perm", "100", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "features.1.block.0.0" in text and "median S" in text
     assert out.stat().st_size > 1000
@@ -442,7 +442,7 @@ def test_cli_tail(capsys, tmp_path):
     from weightviz.cli import main
 
     out = tmp_path / "tail.svg"
-    assert main(["tail", "torchvision:resnet18", "layer4.1.conv2", "7", "-o", str(out)]) == 0
+    assert main(["tail", "torchvision:resnet18@random", "layer4.1.conv2", "7", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "participation ratio" in text and "k50" in text and "layer4.1.conv2" in text
     assert out.read_text().lstrip().startswith("<?xml")
@@ -451,13 +451,13 @@ def test_cli_tail(capsys, tmp_path):
 def test_cli_errors_exit_2_one_line(tmp_path, capsys):
     from weightviz.cli import main
 
-    assert main(["tail", "torchvision:resnet18", "layer4.1.conv9", "0"]) == 2
+    assert main(["tail", "torchvision:resnet18@random", "layer4.1.conv9", "0"]) == 2
     random_init, err = capsys.readouterr().err.strip().split("\n", 1)  # no @weights: said first, one line
     assert random_init.startswith("no weights given: random initialization")
     assert err.count("\n") == 0 and "Did you mean" in err and "Traceback" not in err
-    assert main(["tail", "torchvision:resnet18", "layer4.1.conv2", "600"]) == 2
+    assert main(["tail", "torchvision:resnet18@random", "layer4.1.conv2", "600"]) == 2
     assert "out of range" in capsys.readouterr().err
     # the output is checked before any work (no model is loaded for a bad suffix)
-    assert main(["banding", "timm:no_such_model", "-o", str(tmp_path / "x.jpg")]) == 2
+    assert main(["banding", "timm:no_such_model@random", "-o", str(tmp_path / "x.jpg")]) == 2
     err = capsys.readouterr().err
     assert ".png" in err and "no_such_model" not in err and err.strip().count("\n") == 0

@@ -81,7 +81,7 @@ def test_torchvision_weights_file_roundtrip(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
-    m = wv.load_model("torchvision:resnet18")
+    m = wv.load_model("torchvision:resnet18@random")
     sd = {k: v.contiguous() for k, v in m.state_dict().items()}
     save_file(sd, str(tmp_path / "r.safetensors"))
     torch.save(sd, tmp_path / "r.pth")
@@ -119,7 +119,7 @@ def test_bad_weight_files(tmp_path):
 
 def test_nonfinite_weights_rejected(tmp_path):
     torch.manual_seed(0)
-    m = wv.load_model("torchvision:resnet18")
+    m = wv.load_model("torchvision:resnet18@random")
     sd = {k: v.clone() for k, v in m.state_dict().items()}
     sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(sd, tmp_path / "nan.pth")
@@ -131,9 +131,9 @@ def test_unknown_models():
     with pytest.raises(WeightvizError, match="unknown model"):
         wv.load_model("resnet18")
     with pytest.raises(WeightvizError, match="Did you mean 'resnet18'"):
-        wv.load_model("torchvision:resnet17")
+        wv.load_model("torchvision:resnet17@random")
     with pytest.raises(WeightvizError, match="unknown timm"):
-        wv.load_model("timm:not_a_model_xyz")
+        wv.load_model("timm:not_a_model_xyz@random")
 
 
 def test_module_passthrough(tiny):
@@ -243,10 +243,10 @@ def test_random_init_warns_and_marks_the_model(tmp_path):
 
     with pytest.warns(UserWarning, match=r"^no weights given: random initialization; pass "
                                          r"torchvision:resnet18@file to load yours$"):
-        m = wv.load_model("torchvision:resnet18")
+        m = wv.load_model("torchvision:resnet18@random")
     assert is_random_init(m)
     with pytest.warns(UserWarning, match="pass timm:resnet18@file"):
-        assert is_random_init(wv.load_model("timm:resnet18"))
+        assert is_random_init(wv.load_model("timm:resnet18@random"))
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with weights (or the embedded lite0, or a module): no warning
@@ -261,7 +261,7 @@ def test_figures_and_pages_of_a_random_init_model_say_so(tmp_path, tiny):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = wv.load_model("torchvision:squeezenet1_1")
+        m = wv.load_model("torchvision:squeezenet1_1@random")
     fig = wv.figures.top_inputs(m, "features.4.expand1x1", 0, fv=False)
     assert fig.data["random_init"] is True
     assert any("random init" in t.get_text() for t in fig.fig.texts)

@@ -139,7 +139,7 @@ def test_vit_expanded_weights_equal_autograd_of_a_hand_frozen_copy(vit, images32
 
 def test_vit_tiny_expanded_weights_shape():
     torch.manual_seed(0)
-    m = wv.load_model("timm:vit_tiny_patch16_224")
+    m = wv.load_model("timm:vit_tiny_patch16_224@random")
     imgs = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     E = wv.expanded_weights(m, "blocks.3", "blocks.4.attn.qkv", units=[0, 100], images=imgs)
     assert E.shape == (2, 192, 197) and torch.isfinite(E).all()
@@ -205,7 +205,7 @@ def test_objectives_on_token_layouts():
                                          ("swin_tiny_patch4_window7_224", "layers.1.blocks.0")])
 def test_render_token_models_at_their_fixed_input_size(arch, layer):
     torch.manual_seed(0)
-    m = wv.load_model("timm:" + arch)
+    m = wv.load_model(f"timm:{arch}@random")
     assert fixed_input_size(m) == 224
     assert wv.layers(m)[layer].out_channels == 192
     seen = []
@@ -254,12 +254,12 @@ def test_cli_expand_between_token_layers(tmp_path, capsys):
 
     out = tmp_path / "e.safetensors"
     torch.manual_seed(0)
-    assert main(["expand", "timm:vit_tiny_patch16_224", "blocks.3", "blocks.4", "--unit", "7,9", "--token", "0",
+    assert main(["expand", "timm:vit_tiny_patch16_224@random", "blocks.3", "blocks.4", "--unit", "7,9", "--token", "0",
                  "--save", str(out), "-o", str(tmp_path / "e.png")]) == 0
     text = capsys.readouterr().out
     assert "14x14 patch grid" in text and "[units, C_src, N_tokens]" in text
     torch.manual_seed(0)
-    m = wv.load_model("timm:vit_tiny_patch16_224")                 # the same weights: statistics are cached
+    m = wv.load_model("timm:vit_tiny_patch16_224@random")                 # the same weights: statistics are cached
     E = wv.expanded_weights(m, "blocks.3", "blocks.4", units=[7, 9], token=0)
     saved = load_file(str(out))
     assert saved["expanded_weights"].shape == (2, 192, 197)

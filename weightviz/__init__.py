@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "InputSpec": "models",
     "LayerInfo": "models",
     "LayerTable": "models",
+    "class_names": "models",
+    "is_random_init": "models",
+    "weights_source": "models",
     # factorization
     "nmf": "stats",
     "nmf_image": "stats",
@@ -51,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "Expanded": "expand",
     "Connection": "expand",
     "ReceptiveField": "expand",
+    "top_classes": "expand",
+    "TopClasses": "expand",
     "linearized": "linearize",
     # data-conditioned connections
     "data_weights": "conditioned",

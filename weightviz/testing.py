@@ -10,7 +10,7 @@ sigmoid gates need :func:`weightviz.expanded_weights` itself.
 
 >>> import weightviz as wv
 >>> from weightviz.testing import slow_expanded_weights
->>> m = wv.load_model("torchvision:resnet18")                                       # doctest: +SKIP
+>>> m = wv.load_model("torchvision:resnet18@random")                                       # doctest: +SKIP
 >>> ref = slow_expanded_weights(m, "layer1.0", "layer1.1", units=[0, 5], input_size=48)  # doctest: +SKIP
 >>> ref.shape                         # the whole src map [U, C_src, H, W]           # doctest: +SKIP
 torch.Size([2, 64, 12, 12])

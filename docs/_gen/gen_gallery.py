@@ -73,6 +73,10 @@ GALLERY: dict[str, tuple[str, str, str]] = {
         "Best-case excitation",
         "An input optimized so that one connection's real gradient is strongest, beside the expanded weight.",
         'wv.figures.best_case(m, "blocks.1.0", "blocks.2.0", 3, k=3, size=64, steps=32, image_steps=32)'),
+    "top-classes": (
+        "Votes for classes",
+        "The classes a unit of a late layer votes for (its expanded weight to each logit), with names.",
+        'wv.figures.top_classes(m, "blocks.6.0", 5, k=10)'),
     "token-weights": (
         "Token weights",
         "Expanded weights between token layers of a ViT, as maps on the patch grid (random init here).",
@@ -131,7 +135,7 @@ def main() -> None:
              "(see [the command line](cli.md)).", "",
              "```python", "import weightviz as wv", "m = wv.load_model()                 # embedded EfficientNet-Lite0",
              "imgs = wv.images(n=24, size=128)     # embedded natural images (offline)",
-             'vit = wv.load_model("timm:vit_tiny_patch16_224")   # random init: only for token-weights', "```", ""]
+             'vit = wv.load_model("timm:vit_tiny_patch16_224@random")   # random init: only for token-weights', "```", ""]
     for kind in sorted(GALLERY, key=list(GALLERY).index):
         title, what, call = GALLERY[kind]
         if kind in REUSED:
@@ -143,11 +147,11 @@ def main() -> None:
         if kind == "token-weights" and "vit" not in ns:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ns["vit"] = wv.load_model("timm:vit_tiny_patch16_224")
+                ns["vit"] = wv.load_model("timm:vit_tiny_patch16_224@random")
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            kwargs = ", progress=False" if kind not in ("rgb_weights", "nmf", "top-examples") else ""
+            kwargs = ", progress=False" if kind not in ("rgb_weights", "nmf", "top-examples", "top-classes") else ""
             fig = eval(call[:-1] + kwargs + ")", ns)  # noqa: S307 - our own table
         png = fig.to_png() if hasattr(fig, "to_png") else None
         with mkdocs_gen_files.open(f"gallery/{kind}.png", "wb") as f:

@@ -45,6 +45,7 @@ _COMMAND_MODULES = [
     "examples_cmd",
     "bestcase_cmd",
     "cases_cmd",
+    "classes_cmd",
 ]
 
 
@@ -69,8 +70,10 @@ def _root(
 ) -> None:
     """See the weights of neural networks.
 
-    MODEL is 'efficientnet_lite0' (default, embedded ImageNet weights), 'torchvision:ARCH[@weights.pth]'
-    or 'timm:ARCH[@weights.safetensors]'. Layer names are those printed by `weightviz layers MODEL`.
+    MODEL is 'efficientnet_lite0' (default, embedded ImageNet weights) or a pretrained model by name,
+    loaded through its library's cache: 'timm:NAME[.TAG]', 'timm:hf-hub:ORG/REPO', 'torchvision:ARCH[@ENUM]',
+    'inceptionv1', 'open_clip:MODEL@TAG'; append @weights.safetensors for your own file or @random for
+    random initialization. Layer names are those printed by `weightviz layers MODEL`.
     """
 
 

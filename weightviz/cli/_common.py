@@ -27,8 +27,9 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-MODEL_HELP = ("Model: 'efficientnet_lite0' (embedded, default), 'torchvision:ARCH[@weights]' or "
-              "'timm:ARCH[@weights]' (weights: .safetensors or .pth, never unpickled).")
+MODEL_HELP = ("Model: 'efficientnet_lite0' (embedded, default), 'torchvision:ARCH[@ENUM]', "
+              "'timm:NAME[.TAG]', 'timm:hf-hub:ORG/REPO', 'inceptionv1' (pretrained, through the library's "
+              "cache), or any of them with @file (.safetensors or .pth, never unpickled) or @random.")
 
 IMAGE_SUFFIXES = (".png", ".svg")
 

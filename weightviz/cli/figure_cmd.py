@@ -226,3 +226,27 @@ def token_weights_cmd(
     """
     _run("token-weights", output, model, (src, dst, unit), {"k": k, "token": token},
          _fv(size, steps, seed, cache, fv))
+
+
+@figure_app.command("top-classes")
+@with_device
+def top_classes_fig_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    layer: str = typer.Argument(..., help="Layer whose unit to inspect."),
+    unit: int = typer.Argument(..., help="Unit (channel) of LAYER."),
+    output: Path = _OUT,
+    k: int = count_option(10, "--top", "-k", help="Classes shown each way (for and against)."),
+) -> None:
+    """The classes a unit votes for and against: its expanded weight to each logit through the linearized
+    head, with the weights' class names.
+
+    Example: weightviz figure top-classes torchvision:resnet50 layer4 7 -o classes.png
+    """
+    check_output(output)
+    from ..figures import FIGURES
+
+    m = load(model)
+    with err_console.status("computing top-classes", spinner="dots"):
+        fig = FIGURES["top-classes"](m, layer, unit, k=k)
+    fig.save(output)
+    typer.echo(f"wrote {output} (top-classes)")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import WeightvizError
 from ..expand import rank_connections
 from ..models import model_hash, model_name, resolve
 from .config import Cancelled, ExploreConfig, _ComputeLock, _lru
@@ -163,6 +164,26 @@ class Explorer(LayerGraph):
         units costs one expansion, not one per unit."""
         W = self.weights_from(src, dst)
         return rank_connections(W[unit], min(self.config.top_k, W.shape[1]))
+
+    @_lru(8)
+    def class_votes(self, layer: str) -> tuple[list[str], torch.Tensor] | None:
+        """``(class names, [C_classes, C_layer])`` votes of ``layer``'s units for the classes
+        (:func:`weightviz.expand.class_votes`), for the last explored layer of a model whose weights name
+        their classes; ``None`` otherwise (or when the head cannot be linearized)."""
+        from ..expand import class_votes
+        from ..models import class_names
+
+        if self.next_layer(layer) is not None:
+            return None
+        names = class_names(self.model)
+        if not names:
+            return None
+        try:
+            with self.compute_lock:
+                V = class_votes(self.model, layer)
+        except WeightvizError:
+            return None
+        return (names, V.cpu()) if V.shape[0] == len(names) else None
 
     def top_outputs(self, layer: str, unit: int) -> tuple[str, torch.Tensor, list] | None:
         """Units of the next explored layer that ``unit`` drives most: ``(next, W, connections)`` with

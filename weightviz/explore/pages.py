@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..errors import WeightvizError
-from ..models import is_random_init, model_label
+from ..models import is_random_init, model_label, weights_source
 from . import _png
 from . import paths as P
 from .config import Source
@@ -63,7 +63,8 @@ def _base(ex: Explorer, page_path: str, mode: str) -> dict[str, Any]:
         "root": P.relative_root(page_path),
         "mode": mode,
         "version": __version__,
-        "model": {"name": model_label(ex.model, ex.name), "hash": ex.hash, "random_init": is_random_init(ex.model)},
+        "model": {"name": model_label(ex.model, ex.name), "hash": ex.hash, "random_init": is_random_init(ex.model),
+                  "weights": weights_source(ex.model)},
         "fvcfg": {"size": cfg.size, "steps": cfg.steps, "seed": cfg.seed},
     }
 
@@ -134,6 +135,16 @@ def unit_data(ex: Explorer, layer: str, unit: int, sources: Sequence[Source] | N
         data["outputs"] = {
             "layer": nxt, "kh": int(W.shape[2]), "kw": int(W.shape[3]), "vmax": _vmax(W[:, unit]),
             "items": [{"layer": nxt, "unit": c.channel, "norm": c.norm, "sign": c.sign} for c in items],
+        }
+    votes = ex.class_votes(layer)
+    if votes is not None:
+        from ..expand import rank_classes
+
+        names, V = votes
+        r = rank_classes(V[:, unit], names, 5)
+        data["classes"] = {
+            "top": [{"index": i, "value": v, "name": n} for i, v, n in r.rows()],
+            "bottom": [{"index": i, "value": v, "name": n} for i, v, n in r.bottom.rows()],
         }
     return data
 
@@ -329,6 +340,7 @@ def unit_html(ex: Explorer, data: dict[str, Any], mode: str, linker: Linker,
         "chosen": chosen,
         "no_inputs": "No inputs to show.",
         "outputs": outputs,
+        "classes": data.get("classes"),
         "examples": _examples_ctx(examples),
         "cases": _cases_ctx(cases, here, linker),
         "no_outputs": (f"Cannot compute the outputs: {data['outputs_error']}" if data.get("outputs_error") else

@@ -21,6 +21,7 @@ from ._registry import FIGURES, register_figure
 
 # figure modules register themselves on import
 from .bestcase import best_case
+from .classes import top_classes
 from .conditioned import cases, data_weights
 from .contextual import expanded, family_grid, small_multiples, spatial_positions, top_inputs
 from .examples import top_examples
@@ -38,6 +39,7 @@ __all__ = [
     "as_images",
     "banding_scan",
     "best_case",
+    "top_classes",
     "cases",
     "data_weights",
     "expanded",

@@ -3,6 +3,7 @@ preprocessing (:mod:`.inputs`), devices (:mod:`.device`), token layouts (:mod:`.
 that read layer outputs inside a context (:mod:`.hooks`)."""
 
 from . import tokens
+from .classes import class_names
 from .device import DEVICE_CHOICES, device_dtype, model_device, resolve_device, to_device
 from .hooks import Capture, activations, frozen, probe_shapes
 from .inputs import InputSpec, fixed_input_size, input_spec, preprocess
@@ -17,12 +18,13 @@ from .load import (
     model_label,
     model_name,
     resolve,
+    weights_source,
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "DEVICE_CHOICES", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
+    "DEFAULT_MODEL", "DEVICE_CHOICES", "class_names", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
     "check_finite", "default_cache_dir", "device_dtype", "fixed_input_size", "frozen", "get_module",
     "input_spec", "is_random_init", "layers", "load_model", "model_device", "model_hash", "model_label",
     "model_name", "parse_units", "preprocess", "probe_shapes", "resolve", "resolve_device", "to_device",
-    "tokens", "weights",
+    "tokens", "weights", "weights_source",
 ]

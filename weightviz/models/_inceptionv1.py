@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BLOCKS", "InceptionV1", "WEIGHTS_HINT"]
+__all__ = ["BLOCKS", "InceptionV1"]
 
 #: inception blocks: name, input channels, then output channels of 1x1, 3x3 bottleneck, 3x3,
 #: 5x5 bottleneck, 5x5 and pool-reduce convs
@@ -47,13 +47,6 @@ BLOCKS: tuple[tuple[str, int, int, int, int, int, int, int], ...] = (
 _POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
 # LRN of the converted graph (TF depth_radius 4 -> size 9), as lucent's port runs it
 _LRN = {"size": 9, "alpha": 9.99999974738e-05, "beta": 0.5, "k": 1.0}
-
-WEIGHTS_HINT = (
-    "load_model('inceptionv1') needs the weights file: pass 'inceptionv1@path/to/inception5h.pth' (or "
-    ".safetensors), the InceptionV1 weights converted from Lucid's TF graph that lucent (torch-lucent, "
-    "lucent.modelzoo.inceptionv1) loads, a state dict with keys such as 'conv2d0_pre_relu_conv.weight' "
-    "[64, 3, 7, 7] and 'softmax2_pre_activation_matmul.weight' [1008, 1024]; weightviz never downloads it"
-)
 
 
 class Concat(nn.Module):

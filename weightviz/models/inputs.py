@@ -52,6 +52,12 @@ def input_spec(model: nn.Module) -> InputSpec:
     spec = getattr(model, "weightviz_input_spec", None)
     if isinstance(spec, InputSpec):
         return spec
+    tf = _torchvision_transform(model)
+    if tf is not None:
+        crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
+        return InputSpec(channels=3, size=crop, mean=tuple(float(v) for v in tf.mean),
+                         std=tuple(float(v) for v in tf.std), interpolation=str(tf.interpolation.value),
+                         crop_pct=crop / resize)
     conv = _first_conv(model)
     channels = conv.in_channels if conv is not None else 3
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -100,8 +106,34 @@ def fixed_input_size(model: nn.Module) -> int | None:
     return None
 
 
+def _torchvision_transform(model: nn.Module):
+    """The evaluation transform of the torchvision weights enum a model was loaded with, else ``None``."""
+    weights = getattr(model, "weightviz_weights", None)
+    if weights is None or not hasattr(weights, "transforms"):
+        return None
+    try:
+        tf = weights.transforms()
+    except Exception:  # noqa: BLE001 - a weights enum without an image transform
+        return None
+    return tf if all(hasattr(tf, a) for a in ("crop_size", "resize_size", "mean", "std")) else None
+
+
+def _timm_transform(model: nn.Module):
+    """timm's evaluation transform for a timm model (``resolve_data_config`` + ``create_transform``)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not cfg or not type(model).__module__.startswith("timm."):
+        return None
+    from timm.data import create_transform, resolve_data_config
+
+    return create_transform(**resolve_data_config({}, model=model))
+
+
 def preprocess(image, model: nn.Module) -> torch.Tensor:
-    """Standard evaluation preprocessing of one image for ``model``.
+    """Standard evaluation preprocessing of one image for ``model``: the weights' own transform.
+
+    A torchvision model loaded from a weights enum uses ``weights.transforms()``; a timm model (lite0
+    included) uses ``timm.data.create_transform(**resolve_data_config({}, model=model))``; other models the
+    steps below.
 
     ``image``: ``[H, W]`` / ``[H, W, 3]`` uint8 / float array or a PIL image. Resize the shorter side to
     ``size / crop_pct`` (interpolation of the model's config; bicubic for lite0), centre-crop ``size``,
@@ -123,6 +155,14 @@ def preprocess(image, model: nn.Module) -> torch.Tensor:
             arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
         image = Image.fromarray(arr)
     image = image.convert("RGB" if spec.channels == 3 else "L")
+    own = getattr(model, "weightviz_preprocess", None)  # e.g. open_clip's preprocess of a CLIP tower
+    if callable(own) and spec.channels == 3:
+        return own(image).unsqueeze(0).float()
+    if spec.channels == 3 and not isinstance(getattr(model, "weightviz_input_spec", None), InputSpec):
+        # the weights' own evaluation transform: torchvision's weights.transforms(), timm's data config
+        tf = _torchvision_transform(model) or _timm_transform(model)
+        if tf is not None:
+            return tf(image).unsqueeze(0).float()
     short = int(math.floor(spec.size / spec.crop_pct))
     w, h = image.size
     scale = short / min(w, h)
