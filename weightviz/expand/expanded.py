@@ -51,7 +51,16 @@ from ..errors import WeightvizError
 from ..linearize import DEFAULT_GATE
 from ..linearize import compose as _compose
 from ..linearize import norms as _norms
-from ..models import device_dtype, fixed_input_size, input_spec, layers, parse_units, resolve, weights
+from ..models import (
+    device_dtype,
+    fixed_input_size,
+    input_spec,
+    layers,
+    parse_units,
+    refuse_conv1d,
+    resolve,
+    weights,
+)
 from ..models import tokens as _tokens
 from . import _trace
 from ._trace import _grad_capable, _NewMerge, _Trace
@@ -288,6 +297,7 @@ def expanded_weights(
     """
     model = resolve(model)
     _check_layers(model, src, dst, via)
+    refuse_conv1d(model, src, dst, via)
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
     if via is not None and via in (src, dst):
@@ -312,8 +322,11 @@ def _expanded(model, src, dst, units, input_size, paths, via, top, gate, token, 
     size = input_size or fixed_input_size(model) or (stats.size if stats.patterns else None)
     # token layers occur in models with norm / attention modules (others skip the shape probe)
     table = layers(model, size) if _norms.needs_stats(model) else None
-    shapes = [table[n].out_shape if n in table else None for n in (src, dst) if n is not None] if table else []
-    if any(sh is not None and _tokens.layout(sh).is_token for sh in shapes):
+    if table is not None:
+        refuse_conv1d(model, src, dst, via, table=table)    # a [B, C, L] map is never read as tokens
+    lays = [_tokens.layout(table[n].out_shape, table[n].conv1d) for n in (src, dst)
+            if table is not None and n is not None and n in table and table[n].out_shape is not None]
+    if any(lay.is_token for lay in lays):
         if paths or via is not None:
             raise WeightvizError("paths= and via= are not available between token layers; drop them")
         size = size or input_spec(model).size

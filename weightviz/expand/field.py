@@ -33,7 +33,7 @@ from ..linearize import compose as _compose
 from ..linearize import cone as _cone
 from ..linearize import geometry as _geometry
 from ..linearize import norms as _norms
-from ..models import fixed_input_size, get_module, input_spec, resolve
+from ..models import fixed_input_size, get_module, input_spec, layers, refuse_conv1d, resolve
 from . import _trace
 from ._trace import _grad_capable
 
@@ -124,6 +124,8 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
     out, z = trace.dst_out, trace.z
     dst_shape = tuple(out.shape[1:])
     src_shape = tuple(z.shape[1:])
+    if out.dim() == 3 or z.dim() == 3:   # tokens, or a 1-D conv map: only the producing module tells
+        refuse_conv1d(model, src, dst, table=layers(model, size))
     if out.dim() == 4:
         t = _target_position(out, target, dst)
         ys = [out[0, :, t[0], t[1]].sum()]
@@ -217,6 +219,7 @@ def receptive_field(
     """
     model = resolve(model)
     _check_layers(model, src, dst)
+    refuse_conv1d(model, src, dst)
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
     return _field(model, src, dst, input_size, target)
