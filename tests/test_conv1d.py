@@ -1,6 +1,8 @@
 """1-D convolutions (issue 20.4): a ``Conv1d`` output ``[B, C, L]`` is never read as ``[B, N, C]`` tokens.
-Expanded weights, fields and renders refuse 1-D conv maps in one line; the layer table reads their channels
-from the producing module; 2-D pairs of a CNN with a Conv1d elsewhere (ECA gates) are unaffected."""
+Expanded weights between two 1-D conv maps are exact ``[C_out, C_in, K]`` (the kernel for adjacent layers, the
+full 1-D convolution of kernels for two); a 1-D and a 2-D layer, fields and renders of 1-D maps are refused in
+one line; the layer table reads their channels from the producing module; 2-D pairs of a CNN with a Conv1d
+elsewhere (ECA gates) are unaffected."""
 
 from __future__ import annotations
 
@@ -62,31 +64,99 @@ def _mixed(norm):
 
 
 @pytest.mark.parametrize("norm", ["group", "layer", None])
-@pytest.mark.parametrize("src, dst", [("c1", "c2"), ("stem", "c1"), ("stem", "norm"), ("c2", "blk"),
-                                      ("stem", "blk"), (None, "blk.1")])
-def test_expanded_weights_refuse_1d_maps(norm, src, dst):
-    """Never a silently wrong [L, L, C] tensor, a 'token layer' message or a conv1d shape error."""
+def test_adjacent_1d_layers_give_the_kernel(norm):
+    """c1 -> c2 is c2's kernel [C_out, C_in, K] exactly, whatever norm the model holds (never an [L, L, C]
+    tensor read from tokens)."""
+    m = _mixed(norm)
+    E = wv.expanded_weights(m, "c1", "c2")
+    assert E.shape == (5, 6, 3)
+    torch.testing.assert_close(E, m.c2.weight.detach())
+    torch.testing.assert_close(wv.expanded_weights(m, "c1", "c2", units=[4, 1]), m.c2.weight.detach()[[4, 1]])
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", None])
+def test_two_1d_layers_compose_as_a_full_convolution(norm):
+    """c1 -> blk.0 through c2 (and the norm, frozen: unit scale) is conv1d . conv1d = the full 1-D convolution
+    of the kernels (conv_transpose1d), times the frozen norm's per-channel weight."""
+    m = _mixed(norm)
+    if norm == "group":
+        with torch.no_grad():
+            m.norm.weight.copy_(torch.linspace(0.5, 2.0, 5))
+    E = wv.expanded_weights(m, "c1", "blk.0", norm_scale="unit")
+    w3 = m.blk[0].weight.detach()
+    if norm == "group":
+        w3 = w3 * m.norm.weight.detach()[None, :, None]
+    if norm == "layer":   # a layer norm over the channels of each position keeps its mean subtraction
+        w3 = (w3 - w3.mean(1, keepdim=True)) * m.ln.weight.detach()[None, :, None]
+    ref = F.conv_transpose1d(w3, m.c2.weight.detach())
+    assert E.shape == ref.shape == (4, 6, 5)
+    torch.testing.assert_close(E, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride, dilation", [(2, 1), (1, 2), (2, 3)])
+def test_strided_dilated_1d_composition(stride, dilation):
+    """conv(k1, stride s1) then conv(k2, dilation d2): K = s1*d2*(k2-1) + k1 - 1 + 1, the composition
+    conv_transpose1d(W2, W1, stride=s1*d2) with the dilated W2 taps."""
+    torch.manual_seed(1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv1d(2, 3, 3, padding=1)
+            self.b = nn.Conv1d(3, 4, 3, stride=stride, padding=1)
+            self.c = nn.Conv1d(4, 5, 3, dilation=dilation, padding=dilation)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(self.a(x))))
+
+    m = Net().eval()
+    E = wv.expanded_weights(m, "a", "c")
+    ref = F.conv_transpose1d(m.c.weight.detach(), m.b.weight.detach(), stride=stride * dilation)
+    assert E.shape == ref.shape == (5, 3, stride * dilation * 2 + 3)
+    torch.testing.assert_close(E, ref, rtol=1e-5, atol=1e-6)
+    E0 = wv.expanded_weights(m, None, "b")   # from the sequence input: b's kernel through a
+    torch.testing.assert_close(E0, F.conv_transpose1d(m.b.weight.detach(), m.a.weight.detach()), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", None])
+@pytest.mark.parametrize("src, dst", [("stem", "c1"), ("stem", "norm"), ("stem", "blk"), (None, "blk.1")])
+def test_a_1d_and_a_2d_layer_are_refused(norm, src, dst):
+    """Across the flatten from a 2-D map into a 1-D map: one line, never a 'token layer' message or a conv1d
+    shape error."""
     m = _mixed(norm)
     with pytest.raises(WeightvizError) as e:
         wv.expanded_weights(m, src, dst, units=[0])
     _one_line(e)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", None])
+@pytest.mark.parametrize("src, dst", [("c1", "c2"), ("stem", "norm"), ("c2", "blk")])
+def test_receptive_field_refuses_1d_maps(norm, src, dst):
+    m = _mixed(norm)
     with pytest.raises(WeightvizError) as e:
         wv.receptive_field(m, dst, src)
     _one_line(e)
 
 
-def test_pure_conv1d_model_is_refused():
+def test_pure_conv1d_model():
+    """A model of Conv1d layers takes sequences: expanded weights are exact, fields and renders refuse."""
+    torch.manual_seed(0)
     m = Pure().eval()
-    for src, dst in [("c1", "c2"), (None, "c1"), ("c2", "blk")]:
-        with pytest.raises(WeightvizError) as e:
-            wv.expanded_weights(m, src, dst)
-        _one_line(e)
-        with pytest.raises(WeightvizError) as e:
-            wv.receptive_field(m, dst, src)
-        _one_line(e)
+    torch.testing.assert_close(wv.expanded_weights(m, "c1", "c2"), m.c2.weight.detach())
+    E = wv.expanded_weights(m, None, "blk")
+    ref = F.conv_transpose1d(F.conv_transpose1d(m.blk[0].weight.detach(), m.c2.weight.detach()),
+                             m.c1.weight.detach())
+    assert E.shape == ref.shape == (4, 3, 7)
+    torch.testing.assert_close(E, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightvizError) as e:
+        wv.receptive_field(m, "c2", "c1")
+    _one_line(e)
     with pytest.raises(WeightvizError) as e:
         wv.render(m, obj.channel("c2", 0), size=16, steps=1, progress=False)
     _one_line(e)
+    with pytest.raises(WeightvizError, match="paths=") as e:
+        wv.expanded_weights(m, "c1", "blk", paths=True)
 
 
 @pytest.mark.parametrize("norm", ["group", None])

@@ -125,7 +125,8 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
     dst_shape = tuple(out.shape[1:])
     src_shape = tuple(z.shape[1:])
     if out.dim() == 3 or z.dim() == 3:   # tokens, or a 1-D conv map: only the producing module tells
-        refuse_conv1d(model, src, dst, table=layers(model, size))
+        refuse_conv1d(model, src, dst, table=layers(model, size), by=" by receptive_field (expanded_weights "
+                      "gives [U, C_src, K] between two 1-D conv layers)")
     if out.dim() == 4:
         t = _target_position(out, target, dst)
         ys = [out[0, :, t[0], t[1]].sum()]
@@ -219,7 +220,8 @@ def receptive_field(
     """
     model = resolve(model)
     _check_layers(model, src, dst)
-    refuse_conv1d(model, src, dst)
+    refuse_conv1d(model, src, dst, by=" by receptive_field (expanded_weights gives [U, C_src, K] between two 1-D "
+                  "conv layers)")
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
     return _field(model, src, dst, input_size, target)

@@ -5,12 +5,14 @@ that read layer outputs inside a context (:mod:`.hooks`)."""
 from . import tokens
 from .device import DEVICE_CHOICES, device_dtype, model_device, resolve_device, to_device
 from .hooks import Capture, activations, frozen, probe_shapes
-from .inputs import InputSpec, fixed_input_size, input_spec, preprocess
+from .inputs import InputSpec, fixed_input_size, input_spec, preprocess, sequence_channels
 from .layers import (
     CONV1D_TYPES,
     LayerInfo,
     LayerTable,
+    conv1d_map,
     get_module,
+    has_conv1d,
     layers,
     parse_units,
     refuse_conv1d,
@@ -29,9 +31,9 @@ from .load import (
 )
 
 __all__ = [
-    "CONV1D_TYPES", "DEFAULT_MODEL", "DEVICE_CHOICES", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
+    "CONV1D_TYPES", "DEFAULT_MODEL", "conv1d_map", "has_conv1d", "DEVICE_CHOICES", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
     "check_finite", "default_cache_dir", "device_dtype", "fixed_input_size", "frozen", "get_module",
     "input_spec", "is_random_init", "layers", "load_model", "model_device", "model_hash", "model_label",
-    "model_name", "parse_units", "preprocess", "probe_shapes", "refuse_conv1d", "resolve", "resolve_device", "to_device",
+    "model_name", "parse_units", "preprocess", "probe_shapes", "refuse_conv1d", "resolve", "resolve_device", "sequence_channels", "to_device",
     "tokens", "weights",
 ]

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightvizError, suggest
-from .inputs import fixed_input_size, input_spec
+from .inputs import fixed_input_size, input_spec, sequence_channels
 from .tokens import layout as _layout
 
-__all__ = ["CONV1D_TYPES", "LayerInfo", "LayerTable", "get_module", "layers", "parse_units", "refuse_conv1d",
-           "weights"]
+__all__ = ["CONV1D_TYPES", "LayerInfo", "LayerTable", "conv1d_map", "get_module", "has_conv1d", "layers",
+           "parse_units", "refuse_conv1d", "weights"]
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -213,7 +213,9 @@ def _measure_output_shapes(model: nn.Module, input_size: int | None) -> tuple[di
                 handles.append(m.register_forward_hook(make_hook(name, m)))
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, spec.channels, size, size, device=device, dtype=dtype))
+            seq = sequence_channels(model)
+            model(torch.zeros(1, seq, size, device=device, dtype=dtype) if seq is not None
+                  else torch.zeros(1, spec.channels, size, size, device=device, dtype=dtype))
     except Exception:
         pass
     finally:
@@ -239,23 +241,30 @@ def _mark_conv1d(name: str, module: nn.Module, inp, out: torch.Tensor, maps: dic
     return any(n.startswith(name + ".") and shapes.get(n) == shape for n in ones)
 
 
-def refuse_conv1d(model: nn.Module, *names: str | None, table: LayerTable | None = None) -> None:
-    """Raise :class:`WeightvizError` (one line) if the model takes 1-D input (its first conv is a ``Conv1d``)
-    or a named layer outputs a 1-D conv map (a ``Conv1d``, or ``table[name].conv1d``): expanded weights,
-    fields and renders read 2-D conv maps and tokens only, and a ``[B, C, L]`` map must never be read as
-    ``[B, N, C]`` tokens."""
-    first = next(((n, m) for n, m in model.named_modules()
-                  if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.Linear))), None)
-    if first is not None and isinstance(first[1], _CONV1D_ALWAYS):
-        raise WeightvizError(f"1-D convolutions are not supported: the model starts with the {type(first[1]).__name__} "
-                             f"{first[0]!r} (it takes [B, C, L] sequences, not [B, C, H, W] images)")
+def has_conv1d(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is a ``Conv1d`` / ``ConvTranspose1d``."""
+    return any(isinstance(m, _CONV1D_ALWAYS) for m in model.modules())
+
+
+def conv1d_map(model: nn.Module, name: str | None, table: LayerTable | None = None) -> bool:
+    """Whether layer ``name`` outputs a 1-D conv map ``[B, C, L]`` (a ``Conv1d``, or ``name in table.conv1d``);
+    ``name=None`` (the model input): whether the model takes sequences."""
+    if name is None:
+        return sequence_channels(model) is not None
+    return isinstance(get_module(model, name), _CONV1D_ALWAYS) or (table is not None and name in table.conv1d)
+
+
+def refuse_conv1d(model: nn.Module, *names: str | None, table: LayerTable | None = None, by: str = "") -> None:
+    """Raise :class:`WeightvizError` (one line, "1-D convolutions are not supported``by``") if the model takes
+    1-D input (its first conv is a ``Conv1d``) or a named layer outputs a 1-D conv map (:func:`conv1d_map`):
+    a ``[B, C, L]`` map must never be read as ``[B, N, C]`` tokens."""
+    if sequence_channels(model) is not None:
+        raise WeightvizError(f"1-D convolutions are not supported{by}: the model takes [B, C, L] sequences (its "
+                             "first conv is a Conv1d), not [B, C, H, W] images")
     for n in names:
-        if n is None:
-            continue
-        m = get_module(model, n)
-        if isinstance(m, _CONV1D_ALWAYS) or (table is not None and n in table.conv1d):
-            raise WeightvizError(f"1-D convolutions are not supported: layer {n!r} ({type(m).__name__}) outputs a "
-                                 "1-D conv map [B, C, L]; choose 2-D conv or token layers")
+        if n is not None and conv1d_map(model, n, table):
+            raise WeightvizError(f"1-D convolutions are not supported{by}: layer {n!r} "
+                                 f"({type(get_module(model, n)).__name__}) outputs a 1-D conv map [B, C, L]")
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

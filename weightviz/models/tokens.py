@@ -9,8 +9,8 @@ Layouts of one item's output shape (the batch axis removed), all for square inpu
   followed by an ``h x w`` patch grid; ``P`` is what remains above the largest square (197 = 1 + 14*14);
 - ``(C,)``: ``"flat"``;
 - ``(C, L)`` of a layer known to output a 1-D conv map (``conv1d=True``: a ``Conv1d``, or a layer after one
-  that keeps its ``[B, C, L]``, see :attr:`weightviz.LayerInfo.conv1d`): ``"ncl"``, never tokens. 1-D conv maps
-  are not supported by expanded weights, fields or renders (they refuse them in one line).
+  that keeps its ``[B, C, L]``, see :attr:`weightviz.LayerInfo.conv1d`): ``"ncl"``, never tokens (expanded
+  weights between two of them are ``[U, C_src, K]``; fields and renders refuse them in one line).
 
 Only the producing module tells a 1-D conv map ``[B, C, L]`` from tokens ``[B, N, C]``: callers that read a
 layer's shape pass ``conv1d`` from the layer table.
