@@ -3,6 +3,8 @@ the search asks for, forward counts of a first call, fixed-input-size models (is
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,48 @@ def test_shape_only_conv_has_the_shape_of_conv2d(kw):
     x, w = torch.randn(1, 4, 9, 11), torch.randn(6, 4 // kw.get("groups", 1), 3, 3)
     out = conv2d(x, w, None, **kw)
     assert out.shape == F.conv2d(x, w, None, **kw).shape and not out.any()
+
+
+# ---------------------------------------------- attention on the route: the field is the whole input (issue 20.8)
+@pytest.fixture(scope="module")
+def mobilevit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("mobilevit_xxs", pretrained=False).eval()
+
+
+def test_attention_field_is_the_whole_input_at_the_default_size(mobilevit, monkeypatch):
+    """stages.2.0 -> stages.3.0 crosses the MobileViT block stages.2.1 (attention over every patch): the search
+    stops once the field covers the whole map through attention, instead of growing the input to 1024 px and
+    failing, and measures at the model's default input size (its config's 256), with a warning."""
+    from weightviz.errors import WeightvizWarning
+
+    sizes: list[int] = []
+    real = _field._probe
+    monkeypatch.setattr(_field, "_probe", lambda m, s, d, n, t=None: sizes.append(n) or real(m, s, d, n, t))
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    default = wv.input_spec(mobilevit).size
+    assert default == 256 and wv.fixed_input_size(mobilevit) is None
+    with pytest.warns(WeightvizWarning, match="whole input .*default input size 256px") as rec:
+        E = wv.expanded_weights(mobilevit, "stages.2.0", "stages.3.0", units=[0, 3], images=images)
+    assert all("\n" not in str(w.message) for w in rec)
+    assert sizes and max(sizes) <= default          # never grown past the default size
+    with pytest.warns(WeightvizWarning, match="whole input"):
+        rf = wv.receptive_field(mobilevit, "stages.3.0", "stages.2.0")
+    assert rf.whole and rf.truncated and rf.input_size == default
+    assert rf.src_shape == (48, 32, 32) and rf.start == (0, 0) and rf.size == (32, 32)
+    assert E.shape == (2, 48, 32, 32) and torch.isfinite(E).all() and E.abs().sum() > 0
+    # the same weights as asking for that size explicitly (no warning then: the caller chose it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeightvizWarning)
+        E2 = wv.expanded_weights(mobilevit, "stages.2.0", "stages.3.0", units=[0, 3], images=images,
+                                 input_size=default)
+    torch.testing.assert_close(E, E2)
+
+
+def test_conv_pairs_of_an_attention_model_keep_their_search(mobilevit):
+    """A pair before any attention block is searched as in a CNN (no warning, a bounded field)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rf = wv.receptive_field(mobilevit, "stages.1.1", "stages.1.0")
+    assert not rf.whole and not rf.truncated and rf.size[0] < rf.src_shape[1]

@@ -55,7 +55,8 @@ def expand_cmd(
     # token layers occur in models with norm / attention modules (others skip the shape probe)
     table = layers(m, input_size or fixed_input_size(m)) if _norms.needs_stats(m) else None
     shapes = {n: table[n].out_shape if table and n in table else None for n in (src, dst)}
-    tokens = any(sh is not None and _tokens.layout(sh).is_token for sh in shapes.values())
+    ones = {n: bool(table and n in table and table[n].conv1d) for n in (src, dst)}   # [C, L] maps: never tokens
+    tokens = any(sh is not None and _tokens.layout(sh, ones[n]).is_token for n, sh in shapes.items())
     if tokens:
         rf, n_dst = None, _tokens.layout(shapes[dst]).channels
     else:

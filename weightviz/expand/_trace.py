@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import WeightvizError
 from ..linearize import compose as _compose
 from ..linearize import linearized
-from ..models import device_dtype, get_module, input_spec
+from ..models import device_dtype, get_module, input_spec, sequence_channels
 
 #: compose recorded ops on cropped tensors when possible (else: the autograd path and structural fields)
 COMPOSE = True
@@ -89,7 +89,9 @@ def forward(
     :class:`weightviz._geometry.PrefixRecorder` for the map sizes of the ops before ``src``. ``shapes_only``:
     convolutions output zeros of their shape (a forward traced for its geometry, values unused)."""
     device, dtype = device_dtype(model)
-    x = torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
+    seq = sequence_channels(model)   # a model of 1-D convs takes a sequence [1, C, size]
+    x = torch.zeros(1, seq, size, device=device, dtype=dtype) if seq is not None else \
+        torch.zeros(1, input_spec(model).channels, size, size, device=device, dtype=dtype)
     zdtype = torch.float64 if structural else None
     trace = _Trace()
     handles = []

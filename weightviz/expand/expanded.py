@@ -51,11 +51,24 @@ from ..errors import WeightvizError
 from ..linearize import DEFAULT_GATE
 from ..linearize import compose as _compose
 from ..linearize import norms as _norms
-from ..models import device_dtype, fixed_input_size, input_spec, layers, parse_units, resolve, weights
+from ..models import (
+    conv1d_map,
+    device_dtype,
+    fixed_input_size,
+    get_module,
+    has_conv1d,
+    input_spec,
+    layers,
+    parse_units,
+    resolve,
+    sequence_channels,
+    weights,
+)
 from ..models import tokens as _tokens
 from . import _trace
 from ._trace import _grad_capable, _NewMerge, _Trace
 from ._trace import forward as _forward
+from .conv1d import conv1d_expanded, field_1d
 from .field import ReceptiveField, _check_layers, _field, receptive_field
 from .tokens import token_expanded
 
@@ -275,6 +288,10 @@ def expanded_weights(
     (``token``: a raw token index, ``0`` = the class token, or a ``(y, x)`` patch position; default the
     centre patch), at the model's fixed input size (attention patterns are frozen at that size).
 
+    1-D conv maps (``[B, C, L]`` of a ``Conv1d``, or of a layer after one that keeps it; never read as tokens)
+    as ``src`` and ``dst``: ``[U, C_src, K]``, like a ``Conv1d`` weight (exact: adjacent layers give the kernel),
+    measured at the centre ``(L - 1) // 2`` of ``dst`` (:mod:`.conv1d`); a 1-D and a 2-D/token layer are refused.
+
     Raises :class:`WeightvizError` for unknown layers (with close names), units out of range, ``dst``
     not after ``src``, no route between them, or an op on the way that cannot be linearized.
 
@@ -305,6 +322,9 @@ def expanded_weights(
         except _norms.NeedStats:   # a norm/attention call the statistics were not measured for yet
             if stats.measured:
                 raise WeightvizError("internal: frozen statistics incomplete after measuring") from None
+            if sequence_channels(model) is not None:
+                raise WeightvizError("the norms of a model that takes [B, C, L] sequences cannot be measured on "
+                                     "images: pass norm_scale='unit' or a dict {norm call: scale}") from None
             stats = _norms.measured(stats, model, images, fixed)
 
 
@@ -312,8 +332,16 @@ def _expanded(model, src, dst, units, input_size, paths, via, top, gate, token, 
     size = input_size or fixed_input_size(model) or (stats.size if stats.patterns else None)
     # token layers occur in models with norm / attention modules (others skip the shape probe)
     table = layers(model, size) if _norms.needs_stats(model) else None
-    shapes = [table[n].out_shape if n in table else None for n in (src, dst) if n is not None] if table else []
-    if any(sh is not None and _tokens.layout(sh).is_token for sh in shapes):
+    if has_conv1d(model):   # a [B, C, L] map is never read as tokens: the module producing it tells
+        table = table or layers(model, size)
+        ones = [conv1d_map(model, n, table) for n in (src, dst)]
+        if via is not None and conv1d_map(model, via, table):
+            ones.append(True)
+        if any(ones):
+            return _expanded_1d(model, src, dst, units, input_size, paths, via, gate, token, table)
+    lays = [_tokens.layout(table[n].out_shape, table[n].conv1d) for n in (src, dst)
+            if table is not None and n is not None and n in table and table[n].out_shape is not None]
+    if any(lay.is_token for lay in lays):
         if paths or via is not None:
             raise WeightvizError("paths= and via= are not available between token layers; drop them")
         size = size or input_spec(model).size
@@ -335,6 +363,23 @@ def _expanded(model, src, dst, units, input_size, paths, via, top, gate, token, 
     if via is not None:
         _via(result, model, src, dst, via, units, rf, gate, top)
     return result
+
+
+def _expanded_1d(model, src, dst, units, input_size, paths, via, gate, token, table) -> torch.Tensor:
+    """Between two 1-D conv maps: ``[U, C_src, K]`` (:mod:`.conv1d`); anything else is refused in one line."""
+    def what(n):
+        return "the model input" if n is None else f"{n!r} ({type(get_module(model, n)).__name__})"
+
+    for n in (src, dst):
+        if not conv1d_map(model, n, table):
+            other = dst if n is src else src
+            raise WeightvizError(f"1-D convolutions are not supported across a 1-D and a 2-D/token layer: {what(n)} "
+                                 f"is not a 1-D conv map [B, C, L] like {what(other)}; choose two 1-D conv layers")
+    if paths or via is not None or token is not None:
+        raise WeightvizError("paths=, via= and token= are not available between 1-D conv layers; drop them")
+    f = field_1d(model, src, dst, input_size, _forward)
+    units = parse_units(units, f.dst_shape[0], what=f"layer {dst!r}")
+    return conv1d_expanded(model, src, dst, units, f, gate=gate, forward=_forward)
 
 
 # ------------------------------------------------------------------------------------------- paths

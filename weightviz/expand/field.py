@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import WeightvizError
+from ..errors import WeightvizError, WeightvizWarning
 from ..linearize import DEFAULT_GATE
 from ..linearize import compose as _compose
 from ..linearize import cone as _cone
 from ..linearize import geometry as _geometry
 from ..linearize import norms as _norms
-from ..models import fixed_input_size, get_module, resolve
+from ..models import fixed_input_size, get_module, input_spec, layers, refuse_conv1d, resolve
 from . import _trace
 from ._trace import _grad_capable
 
@@ -50,7 +51,10 @@ class ReceptiveField:
     neighbour at this size). ``start``: first ``src`` row/column of the target's field. ``target``: the
     ``dst`` position used (``None`` if ``dst`` has no spatial axes). ``input_size``: side of the square
     model input. ``truncated``: the field touches the border of ``src`` (only possible when
-    ``input_size`` was given by the caller).
+    ``input_size`` was given by the caller, or with ``whole``).
+    ``whole``: the field is the whole input (attention on the route mixes every position), so no input
+    size holds it: it was measured at the model's default input size (:func:`weightviz.input_spec`), with a
+    :class:`~weightviz.WeightvizWarning`.
     """
 
     size: tuple[int, int]
@@ -61,6 +65,9 @@ class ReceptiveField:
     src_shape: tuple[int, ...]
     dst_shape: tuple[int, ...]
     truncated: bool = False
+    whole: bool = False
+    #: an attention pattern over positions was frozen on the route (its positions all reach each other)
+    mixes: bool = field(default=False, repr=False, compare=False)
     #: per conv on the way, the box of output positions that reach the target (see weightviz._cone)
     cones: tuple = field(default=(), repr=False, compare=False)
 
@@ -92,6 +99,8 @@ def _from_tape(trace: _trace._Trace, tape: _compose.Tape, dst, size, target=None
             or trace.dst_node is None:
         return None
     t = _target_position(out, target, dst)
+    if trace.lin is not None and trace.lin.mixes:
+        return None     # attention on the route: the structural probe tells its reach
     try:
         box = _compose.field_box(tape, trace.src_node, trace.dst_node, t)
         nxt = None
@@ -115,6 +124,9 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
     out, z = trace.dst_out, trace.z
     dst_shape = tuple(out.shape[1:])
     src_shape = tuple(z.shape[1:])
+    if out.dim() == 3 or z.dim() == 3:   # tokens, or a 1-D conv map: only the producing module tells
+        refuse_conv1d(model, src, dst, table=layers(model, size), by=" by receptive_field (expanded_weights "
+                      "gives [U, C_src, K] between two 1-D conv layers)")
     if out.dim() == 4:
         t = _target_position(out, target, dst)
         ys = [out[0, :, t[0], t[1]].sum()]
@@ -139,7 +151,8 @@ def _structural_probe(model, src, dst, size, target=None) -> ReceptiveField:
     boxes = [_cone.box_of(gk) for gk in g]
     if None in boxes:   # the target (or its neighbour) reads only padding at this input size
         return _padding_only(t, size, src_shape, dst_shape, cones)
-    return _rf_from_box(boxes[0], boxes[1] if len(boxes) > 1 else None, t, size, src_shape, dst_shape, cones)
+    rf = _rf_from_box(boxes[0], boxes[1] if len(boxes) > 1 else None, t, size, src_shape, dst_shape, cones)
+    return dataclasses.replace(rf, mixes=True) if trace.lin.mixes else rf
 
 
 def _target_position(out: torch.Tensor, target, dst: str) -> tuple[int, int]:
@@ -207,6 +220,8 @@ def receptive_field(
     """
     model = resolve(model)
     _check_layers(model, src, dst)
+    refuse_conv1d(model, src, dst, by=" by receptive_field (expanded_weights gives [U, C_src, K] between two 1-D "
+                  "conv layers)")
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
     return _field(model, src, dst, input_size, target)
@@ -220,7 +235,7 @@ def _field(model, src, dst, input_size, target=None, keep: list | None = None) -
     stamp = _structure_stamp(model)
     key = (stamp, src, dst, input_size, target)
     if key in cache:
-        return cache[key]
+        return _said(cache[key], src, dst)
     # the field depends on no value: every forward of the search (geometry trace, tape and structural probes)
     # runs with norms dividing by 1 and unmeasured attention patterns all ones, whatever statistics the caller
     # (expanded_weights) has active; so no statistics are measured for it, and no pattern measured at one
@@ -228,6 +243,15 @@ def _field(model, src, dst, input_size, target=None, keep: list | None = None) -
     with _norms.using(_norms.FrozenStats(mode="unit", measured=True, reach=True)):
         rf = _search_field(model, src, dst, input_size, target, keep)
     cache[key] = rf
+    return _said(rf, src, dst)
+
+
+def _said(rf: ReceptiveField, src, dst) -> ReceptiveField:
+    """A field that is the whole input says so (a :class:`WeightvizWarning` on every call)."""
+    if rf.whole:
+        warnings.warn(f"the field of {dst!r} over {src or 'the input'!r} is the whole input (attention on the "
+                      f"route mixes every position): measured at the model's default input size "
+                      f"{rf.input_size}px; pass input_size= to choose another", WeightvizWarning, stacklevel=4)
     return rf
 
 
@@ -257,8 +281,30 @@ def _search_field(model, src, dst, input_size, target, keep) -> ReceptiveField:
     else:
         rf = _fast_search(model, src, dst, target, keep) if _trace.COMPOSE and _trace.FAST_FIELD else None
         if rf is None:
-            rf = _search(probe, src, dst)
+            try:
+                rf = _search(probe, src, dst)
+            except _Whole:
+                rf = _whole_field(model, probe, src, dst)
     return rf
+
+
+class _Whole(Exception):
+    """The field covers the whole input through attention (private control flow of :func:`_search`)."""
+
+
+def _covers_all(rf: ReceptiveField | None) -> bool:
+    """The field spans the whole ``src`` map through frozen attention on the route: it grows with the
+    input, so no input size holds it."""
+    if rf is None or not rf.mixes or rf.target is None or len(rf.src_shape) != 3 or rf.size == (0, 0):
+        return False
+    return rf.start == (0, 0) and rf.size == tuple(rf.src_shape[1:])
+
+
+def _whole_field(model, probe, src, dst) -> ReceptiveField:
+    """The field at the model's default input size (its config's ``input_size``, the size its attention
+    statistics are measured at), marked ``whole``, with a warning that says so."""
+    n = input_spec(model).size
+    return dataclasses.replace(_one_probe(probe, n, src, dst), stride=None, truncated=True, whole=True)
 
 
 def _one_probe(probe, n: int, src, dst) -> ReceptiveField:
@@ -357,6 +403,8 @@ def _search(probe, src, dst) -> ReceptiveField:
     n, bad = 32, 0
     errors: list[str] = []
     rf = _try(probe, n, errors)
+    if _covers_all(rf):   # attention mixes every position: growing the input would only grow the field
+        raise _Whole
     if rf is not None and len(rf.src_shape) == 3 and rf.src_shape[1:] == (1, 1):
         big = _try(probe, 2 * n, errors)
         if big is not None and big.src_shape[1:] == (1, 1):   # src is globally pooled: nothing to truncate
@@ -379,6 +427,8 @@ def _search(probe, src, dst) -> ReceptiveField:
                     "truncated field"
                 )
             rf = _try(probe, n, errors)
+            if _covers_all(rf):
+                raise _Whole
         hs, ws = rf.src_shape[-2:] if len(rf.src_shape) == 3 else (1, 1)
         (r0, c0), (kh, kw) = rf.start, rf.size
         margin = min(r0, c0, hs - r0 - kh, ws - c0 - kw)

@@ -57,7 +57,7 @@ def token_weights(
         raise WeightvizError(f"k must be a positive integer, got {k!r}")
     table = layers(model, fixed_input_size(model))
     shape = table[src].out_shape
-    lay = _tokens.layout(shape) if shape is not None else None
+    lay = _tokens.layout(shape, table[src].conv1d) if shape is not None else None
     if lay is None or lay.grid is None:
         raise WeightvizError(f"{src!r} has no patch grid (output {shape}); choose a token layer with one")
     E = expanded_weights(model, src, dst, units=[int(unit)], token=token, images=images)[0]   # [C_src, N]

@@ -36,8 +36,8 @@ LOGIT_PRODUCTS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "einsum"}
 
 class FrozenOps:
     """Mixin: needs the Linearizer's ``track``, ``is_tracked``, ``node_of``, ``_run``, ``_fail``,
-    ``_only_first``, ``tape``, ``structural``, ``const_dtype``, ``stats``, ``froze``, ``_call``, ``_pending`` and the
-    static helpers ``_op_name``, ``_keyf``, ``_leaves_of``, ``_shape_only``."""
+    ``_only_first``, ``tape``, ``structural``, ``const_dtype``, ``stats``, ``froze``, ``mixes``, ``_call``,
+    ``_pending`` and the static helpers ``_op_name``, ``_keyf``, ``_leaves_of``, ``_shape_only``."""
 
     def _stats(self) -> _norms.FrozenStats:
         if self.stats is None:   # structural mode without statistics: only the pattern of reach matters
@@ -90,6 +90,8 @@ class FrozenOps:
         ``channels``: a softmax over dim 1 (the channels of a conv map)."""
         dtype = self.const_dtype or x.dtype
         self.froze = True
+        if not channels:
+            self.mixes = True
         if self.structural and (self.stats is None or not self.stats.patterns) \
                 or self.stats is not None and self.stats.reach and call not in self.stats.patterns:
             # reach only: every token reaches every other one, as a softmax's positive probabilities do

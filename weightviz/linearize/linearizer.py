@@ -167,6 +167,9 @@ class Linearizer(GateRules, FrozenOps, LinearOps, TorchFunctionMode):
         self.names = names
         #: a norm or attention call was frozen in this forward (its values depend on ``stats``)
         self.froze = False
+        #: an attention pattern over positions/tokens that depend on the source was frozen in this forward
+        #: (the positions it mixes all reach each other: a field through it spans the attention's extent)
+        self.mixes = False
         self._call: str | None = None
         self._pending: dict[int, tuple[torch.Tensor, Any]] = {}
         self.gate = float(gate)

@@ -6,8 +6,19 @@ from . import tokens
 from .classes import class_names
 from .device import DEVICE_CHOICES, device_dtype, model_device, resolve_device, to_device
 from .hooks import Capture, activations, frozen, probe_shapes
-from .inputs import InputSpec, fixed_input_size, input_spec, preprocess
-from .layers import LayerInfo, LayerTable, get_module, layers, parse_units, weights
+from .inputs import InputSpec, fixed_input_size, input_spec, preprocess, sequence_channels
+from .layers import (
+    CONV1D_TYPES,
+    LayerInfo,
+    LayerTable,
+    conv1d_map,
+    get_module,
+    has_conv1d,
+    layers,
+    parse_units,
+    refuse_conv1d,
+    weights,
+)
 from .load import (
     DEFAULT_MODEL,
     check_finite,
@@ -22,9 +33,10 @@ from .load import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "DEVICE_CHOICES", "class_names", "Capture", "InputSpec", "LayerInfo", "LayerTable", "activations",
-    "check_finite", "default_cache_dir", "device_dtype", "fixed_input_size", "frozen", "get_module",
-    "input_spec", "is_random_init", "layers", "load_model", "model_device", "model_hash", "model_label",
-    "model_name", "parse_units", "preprocess", "probe_shapes", "resolve", "resolve_device", "to_device",
-    "tokens", "weights", "weights_source",
+    "activations", "Capture", "check_finite", "class_names", "conv1d_map", "CONV1D_TYPES",
+    "default_cache_dir", "DEFAULT_MODEL", "DEVICE_CHOICES", "device_dtype", "fixed_input_size", "frozen",
+    "get_module", "has_conv1d", "input_spec", "InputSpec", "is_random_init", "LayerInfo", "layers",
+    "LayerTable", "load_model", "model_device", "model_hash", "model_label", "model_name", "parse_units",
+    "preprocess", "probe_shapes", "refuse_conv1d", "resolve", "resolve_device", "sequence_channels",
+    "to_device", "tokens", "weights", "weights_source",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import WeightvizError
 
-__all__ = ["InputSpec", "fixed_input_size", "input_spec", "preprocess"]
+__all__ = ["InputSpec", "fixed_input_size", "input_spec", "preprocess", "sequence_channels"]
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -40,6 +40,17 @@ def _first_conv(model: nn.Module) -> nn.Module | None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m
+    return None
+
+
+def sequence_channels(model: nn.Module) -> int | None:
+    """The input channels of a model that takes 1-D sequences ``[B, C, L]`` (its first conv/linear module
+    is a ``Conv1d``), else ``None`` (an image model)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+            return int(m.in_channels)
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            return None
     return None
 
 

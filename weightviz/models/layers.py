@@ -15,15 +15,21 @@ import torch
 from torch import nn
 
 from ..errors import WeightvizError, suggest
-from .inputs import fixed_input_size, input_spec
+from .inputs import fixed_input_size, input_spec, sequence_channels
 from .tokens import layout as _layout
 
-__all__ = ["LayerInfo", "LayerTable", "get_module", "layers", "parse_units", "weights"]
+__all__ = ["CONV1D_TYPES", "LayerInfo", "LayerTable", "conv1d_map", "get_module", "has_conv1d", "layers",
+           "parse_units", "refuse_conv1d", "weights"]
 
 
 # ---------------------------------------------------------------------------------------------- layers
 _WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+#: modules whose output is a 1-D conv map ``[B, C, L]`` whenever it has 3 axes (never tokens ``[B, N, C]``)
+CONV1D_TYPES = (nn.Conv1d, nn.ConvTranspose1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
+                nn.AdaptiveMaxPool1d, nn.LPPool1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.GroupNorm)
+#: of those, the ones that make 1-D maps whatever their input (a Conv1d's weight has one spatial axis)
+_CONV1D_ALWAYS = (nn.Conv1d, nn.ConvTranspose1d)
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,9 @@ class LayerInfo:
     ``weight_shape`` is the module's own weight shape (``None`` for blocks), ``out_channels`` the
     number of output channels (from the weights, or measured by one forward pass), ``out_shape`` the
     measured output shape ``[C, H, W]`` at the model's input size (token layers: ``[N, C]`` or channels-last
-    ``[H, W, C]``, read by :mod:`weightviz.models.tokens`; ``None`` if unknown).
+    ``[H, W, C]``, read by :mod:`weightviz.models.tokens`; ``None`` if unknown). ``conv1d``: the output is a 1-D
+    conv map ``[C, L]`` (a ``Conv1d`` / 1-D pool / ``BatchNorm1d`` / ``GroupNorm`` with a 3-D output, or a layer
+    after one that keeps its shape), never tokens.
     """
 
     name: str
@@ -45,6 +53,7 @@ class LayerInfo:
     stride: tuple[int, ...] | None = None
     out_shape: tuple[int, ...] | None = None
     kind: str = "weight"  # "weight" | "norm" | "block"
+    conv1d: bool = False
 
 
 @dataclass
@@ -52,6 +61,8 @@ class LayerTable(Sequence):
     """The addressable layers of a model, in forward-definition order. Index by position or name."""
 
     rows: list[LayerInfo] = field(default_factory=list)
+    #: every module (listed or not: ``nn.Identity``, activations) whose output is a 1-D conv map ``[B, C, L]``
+    conv1d: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -122,7 +133,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
     cached = _LAYER_CACHE.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    shapes = _measure_output_shapes(model, input_size)
+    shapes, ones = _measure_output_shapes(model, input_size)
     rows = []
     # parameter-free layers a model names as addressable (the article's InceptionV1: conv2d0, mixed3a, ...)
     named = set(getattr(model, "weightviz_named_layers", ()))
@@ -136,6 +147,7 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
         ):
             shape = tuple(w.shape) if isinstance(w, torch.Tensor) else None
             is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+            one = name in ones or isinstance(m, _CONV1D_ALWAYS)
             rows.append(
                 LayerInfo(
                     name=name,
@@ -147,26 +159,31 @@ def layers(model: nn.Module, input_size: int | None = None) -> LayerTable:
                     stride=_pair(m.stride) if is_conv else None,
                     out_shape=shapes.get(name),
                     kind="weight",
+                    conv1d=one,
                 )
             )
         elif isinstance(m, _NORM_TYPES) or children or name in named:
             out = shapes.get(name)
+            one = name in ones
             rows.append(
                 LayerInfo(
                     name=name,
                     type=type(m).__name__,
                     weight_shape=None,
-                    out_channels=_layout(out).channels if out else getattr(m, "num_features", None),
+                    out_channels=_layout(out, one).channels if out else getattr(m, "num_features", None),
                     out_shape=out,
                     kind="norm" if isinstance(m, _NORM_TYPES) else "block",
+                    conv1d=one,
                 )
             )
-    table = LayerTable(rows)
+    table = LayerTable(rows, frozenset(ones) | {r.name for r in rows if r.conv1d})
     _LAYER_CACHE[model] = (key, table)
     return table
 
 
-def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str, tuple[int, ...]]:
+def _measure_output_shapes(model: nn.Module, input_size: int | None) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """Output shapes ``{layer: shape without batch}`` of one zero-image forward, and the layers whose 3-D
+    output is a 1-D conv map ``[B, C, L]`` (see :func:`_mark_conv1d`)."""
     spec = input_spec(model)
     size = input_size or fixed_input_size(model) or spec.size
     try:
@@ -175,12 +192,17 @@ def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str
     except StopIteration:
         device, dtype = torch.device("cpu"), torch.float32
     shapes: dict[str, tuple[int, ...]] = {}
+    ones: set[str] = set()
+    maps: dict[int, torch.Tensor] = {}    # id -> the 1-D conv maps seen so far (kept alive: ids stay unique)
     handles = []
 
-    def make_hook(name):
-        def hook(_m, _inp, out):
+    def make_hook(name, module):
+        def hook(_m, inp, out):
             if isinstance(out, torch.Tensor) and name not in shapes:
                 shapes[name] = tuple(out.shape[1:])
+                if _mark_conv1d(name, module, inp, out, maps, ones, shapes):
+                    ones.add(name)
+                    maps[id(out)] = out
 
         return hook
 
@@ -188,17 +210,72 @@ def _measure_output_shapes(model: nn.Module, input_size: int | None) -> dict[str
     try:
         for name, m in model.named_modules():
             if name:
-                handles.append(m.register_forward_hook(make_hook(name)))
+                handles.append(m.register_forward_hook(make_hook(name, m)))
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, spec.channels, size, size, device=device, dtype=dtype))
+            seq = sequence_channels(model)
+            model(torch.zeros(1, seq, size, device=device, dtype=dtype) if seq is not None
+                  else torch.zeros(1, spec.channels, size, size, device=device, dtype=dtype))
     except Exception:
         pass
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return shapes
+    return shapes, ones
+
+
+def _mark_conv1d(name: str, module: nn.Module, inp, out: torch.Tensor, maps: dict, ones: set, shapes: dict) -> bool:
+    """Whether ``module``'s 3-D output is a 1-D conv map ``[B, C, L]``: it comes from a 1-D module
+    (:data:`CONV1D_TYPES`), is one of the maps already seen (a block returning its last Conv1d's output), keeps
+    the shape of a 1-D map it takes (ReLU, dropout, ...) or is a block holding a 1-D layer of its shape. Hooks
+    run children first, so a block sees its insides marked."""
+    if out.dim() != 3:
+        return False
+    if isinstance(module, CONV1D_TYPES) or maps.get(id(out)) is out:
+        return True
+    ins = inp if isinstance(inp, tuple) else (inp,)
+    if any(isinstance(t, torch.Tensor) and maps.get(id(t)) is t and t.shape == out.shape for t in ins):
+        return True
+    shape = tuple(out.shape[1:])
+    return any(n.startswith(name + ".") and shapes.get(n) == shape for n in ones)
+
+
+_HAS_CONV1D: weakref.WeakKeyDictionary[nn.Module, tuple[int, bool]] = weakref.WeakKeyDictionary()
+
+
+def has_conv1d(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is a ``Conv1d`` / ``ConvTranspose1d`` (cached per model and its number of
+    direct children: a walk over every module costs ~1.5 ms on lite0, more than a cached expanded_weights
+    call should add)."""
+    key = len(model._modules)
+    hit = _HAS_CONV1D.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    found = any(isinstance(m, _CONV1D_ALWAYS) for m in model.modules())
+    _HAS_CONV1D[model] = (key, found)
+    return found
+
+
+def conv1d_map(model: nn.Module, name: str | None, table: LayerTable | None = None) -> bool:
+    """Whether layer ``name`` outputs a 1-D conv map ``[B, C, L]`` (a ``Conv1d``, or ``name in table.conv1d``);
+    ``name=None`` (the model input): whether the model takes sequences."""
+    if name is None:
+        return sequence_channels(model) is not None
+    return isinstance(get_module(model, name), _CONV1D_ALWAYS) or (table is not None and name in table.conv1d)
+
+
+def refuse_conv1d(model: nn.Module, *names: str | None, table: LayerTable | None = None, by: str = "") -> None:
+    """Raise :class:`WeightvizError` (one line, "1-D convolutions are not supported``by``") if the model takes
+    1-D input (its first conv is a ``Conv1d``) or a named layer outputs a 1-D conv map (:func:`conv1d_map`):
+    a ``[B, C, L]`` map must never be read as ``[B, N, C]`` tokens."""
+    if sequence_channels(model) is not None:
+        raise WeightvizError(f"1-D convolutions are not supported{by}: the model takes [B, C, L] sequences (its "
+                             "first conv is a Conv1d), not [B, C, H, W] images")
+    for n in names:
+        if n is not None and conv1d_map(model, n, table):
+            raise WeightvizError(f"1-D convolutions are not supported{by}: layer {n!r} "
+                                 f"({type(get_module(model, n)).__name__}) outputs a 1-D conv map [B, C, L]")
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

@@ -7,9 +7,13 @@ Layouts of one item's output shape (the batch axis removed), all for square inpu
 - ``(H, W, C)`` with ``H == W`` and ``C != H``: ``"nhwc"`` (Swin stages, ConvNeXt's channels-last MLP);
 - ``(N, C)``: ``"tokens"`` (ViT): ``N = P + h*w`` with ``P`` prefix tokens (class / register tokens, first)
   followed by an ``h x w`` patch grid; ``P`` is what remains above the largest square (197 = 1 + 14*14);
-- ``(C,)``: ``"flat"``.
+- ``(C,)``: ``"flat"``;
+- ``(C, L)`` of a layer known to output a 1-D conv map (``conv1d=True``: a ``Conv1d``, or a layer after one
+  that keeps its ``[B, C, L]``, see :attr:`weightviz.LayerInfo.conv1d`): ``"ncl"``, never tokens (expanded
+  weights between two of them are ``[U, C_src, K]``; fields and renders refuse them in one line).
 
-A 3-D output is always read as tokens, so a ``Conv1d``'s ``[B, C, L]`` is not a supported objective layer.
+Only the producing module tells a 1-D conv map ``[B, C, L]`` from tokens ``[B, N, C]``: callers that read a
+layer's shape pass ``conv1d`` from the layer table.
 
 Objectives read channels from these layouts (channel: mean over the *patch* tokens, the class token
 excluded; neuron: a patch position, or one token by its index, ``token=0`` = the class token).
@@ -30,7 +34,7 @@ __all__ = ["Layout", "at", "layout", "patches", "rows", "to_channels_tokens"]
 
 @dataclass(frozen=True)
 class Layout:
-    """``kind`` ("nchw" / "nhwc" / "tokens" / "flat"), ``channels``, patch ``grid`` ``(h, w)`` (``None`` for
+    """``kind`` ("nchw" / "nhwc" / "tokens" / "flat" / "ncl"), ``channels``, patch ``grid`` ``(h, w)`` (``None`` for
     flat or a token count without a square grid) and ``prefix`` tokens before the grid."""
 
     kind: str
@@ -48,9 +52,12 @@ class Layout:
         return self.kind in ("tokens", "nhwc")
 
 
-def layout(shape: Sequence[int]) -> Layout:
-    """The layout of one item's output ``shape`` (no batch axis); see the module docstring."""
+def layout(shape: Sequence[int], conv1d: bool = False) -> Layout:
+    """The layout of one item's output ``shape`` (no batch axis); see the module docstring. ``conv1d``: the
+    layer's module makes 1-D conv maps (:attr:`weightviz.LayerInfo.conv1d`), so ``(C, L)`` is ``"ncl"``."""
     shape = tuple(int(s) for s in shape)
+    if conv1d and len(shape) == 2:
+        return Layout("ncl", shape[0], None)
     if len(shape) == 1:
         return Layout("flat", shape[0], None)
     if len(shape) == 2:

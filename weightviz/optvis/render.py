@@ -33,8 +33,10 @@ from ..models import (
     fixed_input_size,
     frozen,
     input_spec,
+    layers,
     model_hash,
     probe_shapes,
+    refuse_conv1d,
     resolve,
 )
 from ..utils.limits import MAX_SIZE, MIN_SIZE, check_size
@@ -183,7 +185,10 @@ def render(
 
     # validate every objective (layer names, units, vector lengths, positions) before any optimization
     layer_names = list(dict.fromkeys(n for o in objs for n in o.layers))
+    refuse_conv1d(model, *layer_names)
     shapes = probe_shapes(model, layer_names, spec.channels, model_size or size)
+    if any(len(s) == 2 for s in shapes.values()):   # tokens [N, C] or a 1-D conv map [C, L]: the module tells
+        refuse_conv1d(model, *layer_names, table=layers(model, model_size or size))
     for o in objs:
         o.check(shapes)
 
