@@ -262,7 +262,6 @@ class ProcessExecutor:
             raise WeightvizError(f"--jobs must be at least 1, got {workers}")
         self.workers = workers
         import multiprocessing as mp
-
         import threading
 
         # workers die with this process (see _follow_driver); the parent-death signal only when the
