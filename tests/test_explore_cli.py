@@ -534,3 +534,76 @@ def test_ctrl_c_in_the_cases_stage_with_workers_exits_130_and_a_rerun_resumes(tm
     assert again.returncode == 0, again.stderr
     assert "jobs run: 0 weights," in again.stdout, again.stdout  # resumed: the weights were done
     assert (site / "index.html").is_file()
+
+
+_SLOW_SERVE = r'''
+import os, sys, time
+import torch
+from torch import nn
+import weightviz.cli as cli
+import weightviz.cli.explore_cmd as cmd
+
+
+class Nap(nn.Module):
+    """Identity; a forward over a batch of images (the dataset-example scores) takes NAP seconds and
+    cannot be cancelled: the kind of computation a stopping server must not wait for."""
+    def forward(self, x):
+        if x.shape[0] >= 4:
+            open(os.environ["NAP_MARK"], "a").close()
+            time.sleep(float(os.environ["NAP"]))
+        return x
+
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), Nap(),
+                      nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+cmd.load = lambda spec, device=None: model
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_serve_stops_promptly_on_ctrl_c_while_30_requests_compute_pages(tmp_path):
+    """30 unit pages requested at once, each needing a pass over the images that takes 300 s and cannot be
+    cancelled: Ctrl-C stops the server (exit 0, no traceback, no abort from a thread inside torch) long
+    before that work could have finished (measured by polling, with a generous bound)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.request
+
+    script = tmp_path / "slow_serve.py"
+    script.write_text(_SLOW_SERVE)
+    mark = tmp_path / "napping"
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache"), "NAP": "300", "NAP_MARK": str(mark)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "serve", "slow", "--port", "0", "--db", str(tmp_path / "x.sqlite"),
+         "--layers", "2,5", "--size", "16", "--steps", "2", "--cases", "0", "--example-images", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert " at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" at ")[1].split()[0]
+
+        def get(unit: int) -> None:
+            try:
+                urllib.request.urlopen(f"{url}unit/5/{unit % 8}.html?n={unit}", timeout=600).read()
+            except OSError:
+                pass  # a 503 or a connection closed by the stopping server: both fine
+
+        for u in range(30):
+            threading.Thread(target=get, args=(u,), daemon=True).start()
+        _wait_for(mark.exists, proc, "a computation in flight", timeout=300)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=250)  # the work in flight needs 300 s more: stopping must not wait
+        stopped = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "terminate called" not in err
+    assert stopped < 120, stopped  # generous on a loaded box; by construction about STOP_GRACE (1 s)
