@@ -573,7 +573,7 @@ def test_close_cancels_a_render_in_flight_and_the_request_answers_503(tiny):
     t = threading.Thread(target=request, daemon=True)
     t.start()
     assert started.wait(timeout=120)
-    app.close()  # returns once the render has stopped and the request has been answered
+    assert app.close(grace=120) == 0  # returns once the render has stopped and the request has been answered
     assert answer and answer[0][0] == 503 and b"shutting down" in answer[0][2]
     t.join(timeout=60)
     assert not t.is_alive()

@@ -402,3 +402,209 @@ def test_worker_process_warnings_reach_the_driver_once_each(recwarn):
         assert sorted(r for _, r in pool.imap(_warning_job, jobs)) == list(range(6))
     said = sorted(str(w.message) for w in recwarn if issubclass(w.category, WeightvizWarning))
     assert said == ["worker: job 0 says so", "worker: job 1 says so"]
+
+
+# ------------------------------------------------------------------ worker processes and their driver
+def _workers(pid: int) -> list:
+    """The live processes under ``pid`` (workers, multiprocessing's resource tracker)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _still_running(procs, timeout: float = 180.0) -> list:
+    """Poll (generously) until every process of ``procs`` has ended; returns those that did not (a
+    zombie waiting for a reaper counts as ended: it holds no memory and runs nothing)."""
+    import time
+
+    import psutil
+
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in procs if alive(p)]
+
+
+def _wait_for(condition, proc, what: str, timeout: float = 600.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("command,how", [
+    ("explore", "SIGKILL"), ("explore", "SIGTERM"), ("render", "SIGKILL"), ("render", "SIGTERM"),
+])
+def test_worker_processes_end_with_their_driver(tmp_path, command, how):
+    """`kill -9` or `kill` (SIGTERM) of an `explore --jobs 2` / bulk `render --jobs 2` driver while its
+    workers run (practically endless) renders: no worker is left behind (they follow their driver), and
+    SIGTERM is Ctrl-C: `aborted`, exit 130, only whole files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    args = (["explore", MODEL, "-o", str(out), "--layers", "features.3", "--units", "0:2", "--no-factor-fvs",
+             "--cases", "0"] if command == "explore" else
+            ["render", MODEL, "features.3", "0:4", "-o", str(out), "--batch", "2", "--no-cache"])
+    proc = subprocess.Popen([sys.executable, "-m", "weightviz.cli", *args, "--size", "16", "--steps", "1000000",
+                             "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    workers: list = []
+    try:
+        if command == "explore":  # the weights stage ran in the workers: they render now
+            _wait_for(lambda: any(out.glob("data/*.json")), proc, "layer data")
+        else:
+            _wait_for(lambda: len([p for p in _workers(proc.pid) if "spawn_main" in " ".join(p.cmdline())]) >= 2,
+                      proc, "two workers")
+        workers = _workers(proc.pid)
+        assert len(workers) >= 2
+        proc.send_signal(getattr(signal, how))
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        left = _still_running(workers)
+        for p in left:
+            p.kill()
+    assert left == [], f"{len(left)} worker processes outlived their driver"
+    if how == "SIGTERM":
+        assert proc.returncode in (130, 143), err
+        assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
+        assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # whole files only
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+
+def test_ctrl_c_in_the_cases_stage_with_workers_exits_130_and_a_rerun_resumes(tmp_path):
+    """SIGINT while two worker processes compute the cases panels: exit 130 with one `aborted` line, no
+    process left, and the same command run again resumes (the finished weights stage is not redone)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import torchvision
+    from safetensors.torch import save_file
+
+    from weightviz.explore.jobs import STAMP_DIR
+
+    torch.manual_seed(0)  # one weights file: the re-run explores the same model
+    weights = tmp_path / "squeezenet.safetensors"
+    save_file({k: v.contiguous() for k, v in torchvision.models.squeezenet1_1().state_dict().items()}, str(weights))
+    site = tmp_path / "site"
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "weightviz.cli", "explore", f"{ARCH}@{weights}", "-o", str(site), "--layers",
+           "features.3,features.4", "--units", "0:2", "--size", "16", "--steps", "2", "--top", "3",
+           "--no-factor-fvs", "--example-images", "8", "--case-images", "256", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    workers: list = []
+    try:  # both weights jobs stamped: the workers compute the cases (256 images per layer) now
+        _wait_for(lambda: len(list((site / STAMP_DIR).glob("weights-*"))) == 2, proc, "the weights stage")
+        workers = _workers(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        left = _still_running(workers)
+        for p in left:
+            p.kill()
+    assert len(workers) >= 2 and left == []
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "aborted" and "Traceback" not in err
+    assert len(list((site / STAMP_DIR).glob("cases-*"))) < 2  # stopped inside the cases stage
+    assert not (site / "index.html").exists()
+    assert not [p for p in site.rglob("*") if ".tmp" in p.name]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert "jobs run: 0 weights," in again.stdout, again.stdout  # resumed: the weights were done
+    assert (site / "index.html").is_file()
+
+
+_SLOW_SERVE = r'''
+import os, sys, time
+import torch
+from torch import nn
+import weightviz.cli as cli
+import weightviz.cli.explore_cmd as cmd
+
+
+class Nap(nn.Module):
+    """Identity; a forward over a batch of images (the dataset-example scores) takes NAP seconds and
+    cannot be cancelled: the kind of computation a stopping server must not wait for."""
+    def forward(self, x):
+        if x.shape[0] >= 4:
+            open(os.environ["NAP_MARK"], "a").close()
+            time.sleep(float(os.environ["NAP"]))
+        return x
+
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), Nap(),
+                      nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+cmd.load = lambda spec, device=None: model
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_serve_stops_promptly_on_ctrl_c_while_30_requests_compute_pages(tmp_path):
+    """30 unit pages requested at once, each needing a pass over the images that takes 300 s and cannot be
+    cancelled: Ctrl-C stops the server (exit 0, no traceback, no abort from a thread inside torch) long
+    before that work could have finished (measured by polling, with a generous bound)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.request
+
+    script = tmp_path / "slow_serve.py"
+    script.write_text(_SLOW_SERVE)
+    mark = tmp_path / "napping"
+    env = {**os.environ, "WEIGHTVIZ_CACHE": str(tmp_path / "cache"), "NAP": "300", "NAP_MARK": str(mark)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "serve", "slow", "--port", "0", "--db", str(tmp_path / "x.sqlite"),
+         "--layers", "2,5", "--size", "16", "--steps", "2", "--cases", "0", "--example-images", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert " at http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" at ")[1].split()[0]
+
+        def get(unit: int) -> None:
+            try:
+                urllib.request.urlopen(f"{url}unit/5/{unit % 8}.html?n={unit}", timeout=600).read()
+            except OSError:
+                pass  # a 503 or a connection closed by the stopping server: both fine
+
+        for u in range(30):
+            threading.Thread(target=get, args=(u,), daemon=True).start()
+        _wait_for(mark.exists, proc, "a computation in flight", timeout=300)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=250)  # the work in flight needs 300 s more: stopping must not wait
+        stopped = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "terminate called" not in err
+    assert stopped < 120, stopped  # generous on a loaded box; by construction about STOP_GRACE (1 s)

@@ -3,7 +3,7 @@
 Each command lives in a module of this package and registers itself on :data:`app`; the list
 :data:`_COMMAND_MODULES` is the one place that wires them in. Errors from bad input
 (:class:`weightviz.WeightvizError`) and usage errors print one line on stderr and exit with status 2;
-Ctrl-C prints ``aborted`` and exits with 130 (see :func:`main`). Typer bundles its own copy of click
+Ctrl-C (and SIGTERM) prints ``aborted`` and exits with 130 (see :func:`main`). Typer bundles its own copy of click
 (``typer._click``): its exceptions, not those of the ``click`` package, are the ones raised here.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import warnings
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point. Exit status: 0 success; 2 bad input (:class:`WeightvizError`: ``error: ...``) or a
     usage error (the usage line and ``error: ...``; no arguments at all: the help, as click does);
     130 interrupted (Ctrl-C: ``aborted``); 1 only for a bug (``error: internal error ...``)."""
+    previous = _terminate_like_ctrl_c()
     try:
         _register()
         with warnings.catch_warnings():
@@ -111,9 +113,30 @@ def main(argv: list[str] | None = None) -> int:
             markup=False, highlight=False, soft_wrap=True,
         )
         return _exit(1)
+    finally:
+        if previous is not _UNSET:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if rv == 130:  # typer turns a KeyboardInterrupt inside a command into a returned 130
         return _aborted()
     return _exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+_UNSET = object()
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM (plain `kill`) stops a command as Ctrl-C does: the work is cancelled (worker processes
+    terminated, only whole files left), ``aborted``, exit status 130. Returns the previous handler
+    (``_UNSET`` when not in the main thread, where signal handlers cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _UNSET
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _aborted() -> int:

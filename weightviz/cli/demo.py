@@ -112,6 +112,8 @@ def figures_step(ctx: DemoContext) -> list[Path]:
 #: factored by one-sided NMF; benchmarks/cases_scan.py chose the unit): few small images and small FVs.
 CASES_UNIT = ("blocks.2.0", "blocks.3.1", 70)
 CASES_CONFIG = {"n_images": 48, "image_size": 128, "n_cases": 2, "k": 4, "n_examples": 4}
+#: the feature visualizations of the cases figure (the README's `weightviz cases` line uses the same)
+CASES_FIGURE = {"size": 64, "steps": 128}
 
 
 @demo_step("cases", "cases of blocks.2.0 -> blocks.3.1 #70 over the embedded images, beside its expanded weight")
@@ -125,7 +127,7 @@ def cases_step(ctx: DemoContext) -> list[Path]:
     imgs = images(model=ctx.model, size=c["image_size"], n=c["n_images"])
     res = cases(ctx.model, src, dst, unit, imgs, c["n_cases"], k=c["k"], n_examples=c["n_examples"])
     path = ctx.out / "fig_cases.png"
-    cases_figure(res, k=c["k"], n_examples=c["n_examples"], size=64, steps=128).save(path)
+    cases_figure(res, k=c["k"], n_examples=c["n_examples"], **CASES_FIGURE).save(path)
     ctx.notes["cases"] = f"{res.n_cases} cases explain {100 * res.explained:.0f}% of the weighted gradients"
     return [path]
 

@@ -178,5 +178,11 @@ def serve_cmd(
     m = load(model)
     with err_console.status("planning", spinner="dots"):
         ex = Explorer(m, layers, units, config=cfg, name=model)
-    serve(ex, host, port, cache=db, verbose=verbose,
-          announce=lambda line: typer.echo(line))
+    busy = serve(ex, host, port, cache=db, verbose=verbose, announce=lambda line: typer.echo(line))
+    if busy:  # computations that could not be cancelled still run in daemon threads, perhaps inside torch:
+        import os  # end now (exit 0) instead of waiting for them or letting interpreter shutdown meet them
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

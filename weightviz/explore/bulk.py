@@ -140,6 +140,7 @@ def render_dir(
         if progress:
             progress("render", done["n"], len(job_list))
 
+    finished = False
     try:
         from .jobs import is_done
 
@@ -147,10 +148,11 @@ def render_dir(
         if progress:
             progress("render", done["n"], len(job_list))
         report.run, report.skipped = execute(executor, bulk_job, job_list, root, write=True, on_done=on_done)
+        finished = True
     finally:
         report.retried = int(getattr(executor, "retried", 0))
-        if own:
-            executor.close()
+        if own:  # an error, Ctrl-C or SIGTERM: stop the workers now instead of waiting for their jobs
+            executor.close() if finished else getattr(executor, "abort", executor.close)()
     report.seconds = time.perf_counter() - t0
     return report
 

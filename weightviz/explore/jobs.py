@@ -164,13 +164,61 @@ class SerialExecutor:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(init: Callable[..., Any], args: tuple, threads: int) -> None:
+def _worker_init(init: Callable[..., Any], args: tuple, threads: int, driver: int | None = None,
+                 pdeathsig: bool = True) -> None:
     import torch
 
+    if driver is not None:
+        _follow_driver(driver, pdeathsig)
     torch.set_num_threads(max(1, threads))
     with _caught() as said:
         _WORKER["state"] = init(*args)
     _WORKER["said"] = said
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_INTERVAL = 0.5  # seconds between two checks of the driver by a worker's watcher thread
+
+
+def _follow_driver(driver: int, pdeathsig: bool = True) -> None:
+    """Make this worker process die with its driver (process id ``driver``), however the driver ends
+    (``kill -9``, a crash, SIGTERM): a worker left behind would hold its memory (the model) for good,
+    blocked on a queue nobody writes to.
+
+    Two independent mechanisms: on Linux the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG,
+    SIGKILL)``, set only when the driver spawned the pool from its main thread: the signal follows the
+    *thread* that forked), and everywhere a daemon thread that checks every :data:`WATCH_INTERVAL` s
+    whether this process was re-parented (the driver is gone) and then kills it. A driver that died
+    before this runs is caught by the first check."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    def orphaned() -> bool:
+        return os.getppid() != driver
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watcher thread still works
+            pass
+    if orphaned():
+        die()
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            if orphaned():
+                die()
+
+    threading.Thread(target=watch, name="weightviz-driver-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -214,10 +262,14 @@ class ProcessExecutor:
             raise WeightvizError(f"--jobs must be at least 1, got {workers}")
         self.workers = workers
         import multiprocessing as mp
+        import threading
 
+        # workers die with this process (see _follow_driver); the parent-death signal only when the
+        # workers are spawned by the main thread, which lives as long as the process
+        main = threading.current_thread() is threading.main_thread()
         self._pool = cf.ProcessPoolExecutor(
             max_workers=workers, mp_context=mp.get_context("spawn"),
-            initializer=_worker_init, initargs=(init, init_args, threads),
+            initializer=_worker_init, initargs=(init, init_args, threads, os.getpid(), main),
         )
 
     def imap(self, fn: Callable[[Any, Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:

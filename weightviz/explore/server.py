@@ -12,8 +12,9 @@ layer (``?src=LAYER``).
 - Methods other than GET and HEAD answer 405 with ``Allow: GET, HEAD``.
 - Stopping (Ctrl-C / SIGTERM in :func:`serve`, or ``shutdown()`` + ``server_close()``) is prompt by
   construction: the serve loop polls every 0.1 s, a render in progress stops at its next optimization
-  step, queued computations are cancelled, and requests still waiting answer 503; no thread is left
-  inside torch when the process exits.
+  step, queued computations are cancelled, requests still waiting answer 503, and a computation that
+  cannot be cancelled is abandoned after :data:`STOP_GRACE` s (the CLI then ends the process with
+  ``os._exit``, so no thread inside torch meets interpreter shutdown).
 - Results are cached in SQLite keyed by the model hash (:class:`~.store.SqliteCache`); concurrent
   requests for the same value compute it once. Feature visualizations requested at about the same
   time (the images of one page) are rendered together in one batch by a single render thread.
@@ -53,6 +54,11 @@ __all__ = ["ExplorerApp", "ExplorerServer", "RenderQueue", "make_server", "serve
 
 _TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".css": "text/css; charset=utf-8",
           ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
+
+
+#: Seconds a stopping server waits for the computations in flight (cancelled renders end within one
+#: step); what is still running then is abandoned, so Ctrl-C stops the server within about this long.
+STOP_GRACE = 1.0
 
 
 class NotFound(Exception):
@@ -159,7 +165,7 @@ class RenderQueue:
                     v[3].set_exception(Cancelled("the server is shutting down"))
             self._pending.clear()
             self._cv.notify_all()
-        self._thread.join(timeout=600)  # bounded by one optimization step once the explorer is cancelled
+        self._thread.join(timeout=STOP_GRACE)  # a render ends at its next step; a longer one is not waited for
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -189,18 +195,27 @@ class ExplorerApp:
     def computations(self) -> int:
         return self.cache.computed
 
-    def close(self) -> None:
+    def close(self, grace: float | None = None) -> int:
         """Stop computing: new requests answer 503, computations in progress are cancelled (a render at
-        its next step), and this returns once no request is computing any more."""
+        its next step; queued ones at once), and this returns once no request is computing any more, or
+        after ``grace`` seconds (default :data:`STOP_GRACE`) whatever is still in flight: a computation
+        that cannot be cancelled (one NMF, one pass over the images) is not waited for. Returns the number
+        of requests still computing then (their threads are daemons: the process may exit)."""
+        grace = STOP_GRACE if grace is None else grace
         with self._idle:
             if self._closing:
-                return
+                return self._active
             self._closing = True
-        self.ex.cancel()          # running renders stop at their next step, queued computations raise
+        # running renders stop at their next step, queued computations raise (the event alone: not
+        # Explorer.cancel(), which also waits for the computation in progress, however long it takes)
+        self.ex.cancelled.set()
         self.renders.close()      # queued renders fail; the render thread ends
         with self._idle:
-            self._idle.wait_for(lambda: self._active == 0, timeout=600)
-        self.ex.resume()          # the Explorer object may be used again (e.g. by another server)
+            idle = self._idle.wait_for(lambda: self._active == 0, timeout=grace)
+            left = 0 if idle else self._active
+        if idle:
+            self.ex.resume()      # the Explorer object may be used again (e.g. by another server)
+        return left
 
     # --------------------------------------------------------------------------------- lookup
     def _layer(self, slug: str | None) -> str:
@@ -427,6 +442,7 @@ class ExplorerServer(ThreadingHTTPServer):
     def __init__(self, app: ExplorerApp, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
         self.app = app  # before binding: a failed bind calls server_close(), which closes the app
         self.verbose = verbose
+        self.busy = 0
         try:
             super().__init__((host, port), _Handler)
         except (OSError, OverflowError) as e:  # port in use, an address not of this machine, a bad host name
@@ -446,7 +462,7 @@ class ExplorerServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.app.close()
+        self.busy = self.app.close()  # requests still computing after the grace period
 
 
 def make_server(
@@ -475,12 +491,15 @@ def make_server(
 
 
 def serve(model: nn.Module | str | Explorer | None, host: str = "127.0.0.1", port: int = 8000,
-          announce=print, **kwargs) -> None:
-    """Serve the explorer until Ctrl-C (SIGINT) or SIGTERM, then stop cleanly and return.
+          announce=print, **kwargs) -> int:
+    """Serve the explorer until Ctrl-C (SIGINT) or SIGTERM, then stop and return.
 
     In the main thread, the signals do not raise ``KeyboardInterrupt`` into whatever is running: their
     handler asks the serve loop to stop (from a helper thread, as ``shutdown()`` waits for the loop), the
-    loop notices within 0.1 s, and :meth:`ExplorerServer.server_close` cancels the work in flight.
+    loop notices within 0.1 s, and :meth:`ExplorerServer.server_close` cancels the work in flight,
+    waiting at most :data:`STOP_GRACE` seconds for it. Returns the number of requests still computing
+    then (0 normally): their daemon threads may be inside torch, so a process that is about to exit
+    should end with ``os._exit`` rather than interpreter shutdown (the CLI does).
     """
     server = make_server(model, host, port, **kwargs)
     previous = {}
@@ -499,4 +518,5 @@ def serve(model: nn.Module | str | Explorer | None, host: str = "127.0.0.1", por
         server.server_close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return server.busy
 
