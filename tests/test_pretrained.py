@@ -305,6 +305,9 @@ def test_explorer_unit_page_shows_votes_for_the_last_layer(torch_home):
     assert "Votes for" in html and want.names[0].split(",")[0] in html
     index = pages.index_html(ex, {"layer4.1": [0, 1]}, "static")
     assert "torchvision ResNet18_Weights.IMAGENET1K_V1" in index
+    # an early layer votes through many linearized layers: no row even when it is the last explored one
+    early = Explorer(m, ["layer1.0"], [0], config=cfg, render_cache=None, name="torchvision:resnet18")
+    assert pages.unit_data(early, "layer1.0", 0).get("classes") is None
 
 
 def test_unknown_weights_names_are_one_line_errors():

@@ -47,6 +47,8 @@ __all__ = [
     "explorable",
 ]
 
+#: the share of a model's layers before the last ones whose units get a "votes for" row
+LATE_LAYERS = 0.75
 _SCORE_BATCH = 32  # images per forward when the explorer scores a layer for its dataset examples
 
 
@@ -168,12 +170,13 @@ class Explorer(LayerGraph):
     @_lru(8)
     def class_votes(self, layer: str) -> tuple[list[str], torch.Tensor] | None:
         """``(class names, [C_classes, C_layer])`` votes of ``layer``'s units for the classes
-        (:func:`weightviz.expand.class_votes`), for the last explored layer of a model whose weights name
-        their classes; ``None`` otherwise (or when the head cannot be linearized)."""
+        (:func:`weightviz.expand.class_votes`), for the last explored layer when it lies in the last quarter
+        of the model's layers (a vote through many linearized layers says little) and the weights name their
+        classes; ``None`` otherwise (or when the head cannot be linearized)."""
         from ..expand import class_votes
         from ..models import class_names
 
-        if self.next_layer(layer) is not None:
+        if self.next_layer(layer) is not None or self._order[layer] < LATE_LAYERS * len(self._order):
             return None
         names = class_names(self.model)
         if not names:
