@@ -55,8 +55,8 @@ def test_gradient_equals_independent_autograd_and_ratio_matches_expanded(src_uni
 
 def test_optimization_raises_the_connection():
     model = _net()
-    first = best_case(model, "0", "4", 1, size=16, steps=1, lr=0.5, progress=False)
-    later = best_case(model, "0", "4", 1, size=16, steps=40, lr=0.5, progress=False)
+    first = best_case(model, "0", "4", 1, size=16, steps=1, lr=0.5, pixel_steps=0, progress=False)
+    later = best_case(model, "0", "4", 1, size=16, steps=40, lr=0.5, pixel_steps=0, progress=False)
     assert later.value > 1.2 * first.value
 
 
@@ -73,9 +73,11 @@ def test_same_seed_same_image():
     model = _net()
     a = best_case(model, "0", "4", 0, size=16, steps=6, seed=3, progress=False)
     b = best_case(model, "0", "4", 0, size=16, steps=6, seed=3, progress=False)
-    c = best_case(model, "0", "4", 0, size=16, steps=6, seed=4, progress=False)
     assert torch.equal(a.image, b.image) and torch.equal(a.gradient, b.gradient)
-    assert not torch.equal(a.image, c.image)
+    # the seed is the render's (the pixel stage's grey restarts do not depend on it)
+    r3 = best_case(model, "0", "4", 0, size=16, steps=6, seed=3, pixel_steps=0, progress=False)
+    r4 = best_case(model, "0", "4", 0, size=16, steps=6, seed=4, pixel_steps=0, progress=False)
+    assert not torch.equal(r3.image, r4.image)
 
 
 def test_cache_returns_the_same_best_case(tmp_path):
