@@ -105,7 +105,8 @@ class BestCase:
     window: ReceptiveField = field(repr=False)
     model_name: str = field(default="", repr=False)
     #: which candidate gave ``image``: ``"render"`` (the FV render itself), ``"render+pixels"`` (its pixel
-    #: refinement) or ``"grey+pixels lr=..."`` (a pixel-space restart from a grey image)
+    #: refinement) or ``"grey+pixels lr=..."`` (a pixel-space restart from a grey image); ``"+sharpen"`` when
+    #: the final sharpening run improved it
     source: str = "render"
 
 
