@@ -17,11 +17,12 @@ torch.Size([1, 3, 128, 128])
 from __future__ import annotations
 
 from . import objectives
+from ._relu import SmoothReLU
 from .cache import RenderCache
 from .image import grid, load_png, save_png, to_uint8
 from .render import DEFAULT_STEPS, RenderResult, activations, render
 
 __all__ = [
-    "DEFAULT_STEPS", "RenderCache", "RenderResult", "activations", "grid", "load_png", "objectives", "render",
-    "save_png", "to_uint8",
+    "DEFAULT_STEPS", "RenderCache", "RenderResult", "SmoothReLU", "activations", "grid", "load_png", "objectives",
+    "render", "save_png", "to_uint8",
 ]
