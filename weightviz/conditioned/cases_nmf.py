@@ -127,7 +127,6 @@ def cases(
     Raises :class:`WeightvizError` (one line) when the unit never fires on the images, or ``n_cases`` is
     more than the data allows (the number of images on which the unit fires, or of distinct cases found).
     """
-    from ..stats import nmf
 
     n_cases = _check_int(n_cases, "n_cases", 1)
     k = _check_int(k, "k", 1)
