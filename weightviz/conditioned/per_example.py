@@ -50,11 +50,12 @@ from ..errors import WeightvizError, WeightvizWarning
 from ..expand import receptive_field
 from ..models import device_dtype, get_module, parse_units, resolve
 from ..utils.progress import progress as _progress
-from . import _crops
+from . import _cone, _crops
 
 __all__ = ["OUTSIDE_WARN", "DataWeights", "data_weights"]
 
 _POSITIONS = ("max", "centre")
+_CONE_INPUT = 64     # px of the input the layers before src run on in the cone pass (their output is replaced)
 OUTSIDE_WARN = 0.02  # share of the gradient squared norm outside the window above which data_weights warns
 
 
@@ -309,6 +310,7 @@ def data_weights(
     batch_size: int | None = None,
     progress: bool = False,
     warn_outside: float = OUTSIDE_WARN,
+    _use_cone: bool = True,
 ) -> DataWeights:
     """Per-example connections: the gradient of ``dst[unit]`` w.r.t. ``src``'s output, per image.
 
@@ -328,8 +330,14 @@ def data_weights(
     ``.activations`` ``[N]``, ``.positions`` ``[N, 2]`` and ``.outside`` ``[N]`` (the share of each image's
     gradient squared norm that the window leaves out, from the full-map gradient; a
     :class:`weightviz.errors.WeightvizWarning` when it exceeds ``warn_outside``, default 2%, on any image).
-    Through the real model, in eval mode; one forward and one backward per unit per batch of ``batch_size``
-    images (default: :func:`weightviz.imageset.default_batch`, 4 on a CPU, 32 on a GPU).
+    Through the real model, in eval mode; per batch of ``batch_size`` images (default:
+    :func:`weightviz.imageset.default_batch`, 4 on a CPU, 32 on a GPU) one forward and a full-map backward
+    for the (first) unit. With several units, when that unit's full-map gradient has nothing outside the
+    window on any image of the batch (every route is local), the other units' gradients come from their
+    cones: a crop of ``src``'s map around each window, all crops in one forward + backward of the
+    ``src -> dst`` layers at the end (:mod:`weightviz.conditioned._cone`; their ``outside`` is 0); where the
+    crops do not reproduce ``dst``'s values (global routes, size-dependent padding) every unit gets its
+    full-map backward instead.
 
     Raises :class:`WeightvizError` for unknown layers, a unit out of range, ``dst`` not after ``src``,
     images with the wrong channel count for the model, or a position outside ``dst``'s map.
@@ -366,14 +374,31 @@ def data_weights(
     win = _crops.window(model, src, dst, hw, rf.size)
     kh, kw = rf.size
     out = acts = poss = ins = outs = None
+    cone = _cone.CropSet(win, (kh, kw)) if nu > 1 and _use_cone else None
+    x1 = None
     what = f"{dst}[{units[0]}]" if single else f"{dst}[{nu} units]"
     with _eval_mode(model), _progress(progress, n, f"gradients {what}") as advance:
         s = 0
         for x in imgs.batches(batch_size):
             x = x.to(device=device, dtype=dtype)
+            if x1 is None:   # the crop runs replace src's output: the layers before it need only a small input
+                x1 = x[:1, :, :_CONE_INPUT, :_CONE_INPUT]
             y, z = _forward(model, src, dst, x)
             nb = x.shape[0]
+            local = False
             for i, u in enumerate(units):
+                if local:      # no route leaves the window: the unit's gradient from the crops of its cone
+                    a = y[:, u].detach()
+                    pos = _select(a, position, dst)
+                    a = a[torch.arange(nb, device=a.device), pos[:, 0], pos[:, 1]]
+                    hs, ws = z.shape[-2:]
+                    for b in range(nb):
+                        p = tuple(pos[b].tolist())
+                        cone.add(z.detach(), b, i, u, s + b, p, float(a[b]))
+                        ins[i, s + b] = _crops.inside(win.start(p), (kh, kw), (hs, ws))
+                    acts[i, s:s + nb] = a
+                    poss[i, s:s + nb] = pos.cpu()
+                    continue
                 g, a, pos = _unit_grad(y, z, src, dst, u, position, retain=i + 1 < nu)
                 if out is None:
                     c = g.shape[1]
@@ -390,9 +415,19 @@ def data_weights(
                 outs[i, s:s + nb] = _outside_share(g, starts, (kh, kw)).cpu()
                 acts[i, s:s + nb] = a
                 poss[i, s:s + nb] = pos.cpu()
+                # the first unit's full-map gradient has nothing outside the window on any image: every route is
+                # local, so the other units' gradients (outside share 0 likewise) come from their cones
+                local = cone is not None and i == 0 and bool((outs[0, s:s + nb] == 0).all())
             del y, z
             s += nb
             advance(nb)
+        if cone is not None and cone.groups:
+            scale = float(acts.abs().max()) if acts.numel() else 0.0
+            tol = (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2) * scale + 1e-7
+            if not _cone.cone_grads(model, src, dst, x1, cone, attribution, out, tol):
+                return data_weights(model, src, dst, units, imgs, position=position, attribution=attribution,
+                                    batch_size=batch_size, progress=progress, warn_outside=warn_outside,
+                                    _use_cone=False)
     _warn_outside(outs, units, src, dst, (kh, kw), warn_outside)
     if single:
         out, acts, poss, ins, outs = out[0], acts[0], poss[0], ins[0], outs[0]
