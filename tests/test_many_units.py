@@ -63,6 +63,8 @@ def test_unit_spec_string_and_shapes(lite0):
     assert single.unit == 2 and single.weights.shape == (3, 40, 7, 7) and single.outside.shape == (3,)
     with pytest.raises(wv.WeightvizError, match="per unit"):
         d.input_boxes()
+    with pytest.raises(wv.WeightvizError, match="one unit"):
+        wv.figures.data_weights(d, fv=False)
     with pytest.raises(wv.WeightvizError, match="not in this result"):
         d.for_unit(9)
     with pytest.raises(wv.WeightvizError, match="out of range"):

@@ -168,6 +168,9 @@ def data_weights_figure(
 
     if not isinstance(d, DataWeights):
         raise WeightvizError(f"data_weights_figure draws a weightviz.DataWeights result, got {type(d).__name__}")
+    if isinstance(d.unit, list):
+        raise WeightvizError(f"data_weights_figure draws one unit; this result holds {len(d.unit)} units: draw "
+                             "d.for_unit(u)")
     n_examples = _check_pos_int(n_examples, "n_examples")
     k = _check_pos_int(k, "k")
     opts = FVOptions.of(fv, fv_options)
