@@ -58,7 +58,7 @@ class CropSet:
             r.append(r0)
             q.append(pos[a] - r0 // s)
             shape.append(size)
-        crop = z[b, :, r[0]:r[0] + shape[0], r[1]:r[1] + shape[1]]
+        crop = z[b, :, r[0]:r[0] + shape[0], r[1]:r[1] + shape[1]].clone()   # not a view: frees the batch's map
         self.groups[tuple(shape)].append((crop, ui, unit, n, tuple(q), (start[0] - r[0], start[1] - r[1]), want))
 
 
