@@ -70,7 +70,7 @@ def cone_grads(model: nn.Module, src: str | None, dst: str, x1: torch.Tensor, cr
     more than ``tol`` or the crop run fails: the caller then uses full-map backwards."""
     kh, kw = crops.size
     for _shape, items in crops.groups.items():
-        z = torch.stack([it[0] for it in items]).detach().requires_grad_(True)
+        z = torch.stack([it[0] for it in items]).contiguous(memory_format=torch.channels_last).detach().requires_grad_(True)
         cap: dict[str, torch.Tensor] = {}
 
         def src_hook(_m, _i, _o, z=z):
