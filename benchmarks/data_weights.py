@@ -17,8 +17,8 @@ Many units per data pass (``--units U``, issue 20 item 9; public names only): ``
 layer over ``--n`` images, ONE ``data_weights(..., unit=list(range(U)))`` call (one forward per batch, a
 full-map backward for the first unit, the others from their cones) against the per-unit loop
 ``[data_weights(..., u, ...) for u in range(U)]`` (one forward + one backward per unit per batch), measured
-side by side in one run (each after a warm-up call, so the field measurement is not counted), with the
-max difference relative to the max |gradient|.
+side by side in one run (after warm-up calls, so the field measurement is not counted; ``--repeats``
+interleaved repeats, medians), with the max difference relative to the max |gradient|.
 
 Run: ``.venv/bin/python benchmarks/data_weights.py [--n 64] [--size 224] [--repeats 3] [--threads 2]``
 ``.venv/bin/python benchmarks/data_weights.py --units 32 --n 32 [--size 224] [--threads 2]``
@@ -99,7 +99,7 @@ def _floor(model, dst, x):
 UNITS_PAIR = ("blocks.2.0", "blocks.3.0")
 
 
-def units_per_pass(n_units: int, n: int, size: int) -> None:
+def units_per_pass(n_units: int, n: int, size: int, repeats: int = 3) -> None:
     """One multi-unit call vs the per-unit loop, side by side (public API only)."""
     import warnings
 
@@ -111,12 +111,20 @@ def units_per_pass(n_units: int, n: int, size: int) -> None:
     x = wv.images(n=n, model=m, size=size).tensor()
     units = list(range(n_units))
     wv.data_weights(m, src, dst, units[:2], x[:2])               # warm-up: field and window measured once
-    t = time.perf_counter()
-    multi = wv.data_weights(m, src, dst, units, x)
-    t_multi = time.perf_counter() - t
-    t = time.perf_counter()
-    loop = [wv.data_weights(m, src, dst, u, x) for u in units]
-    t_loop = time.perf_counter() - t
+    wv.data_weights(m, src, dst, units[:2], x)
+    wv.data_weights(m, src, dst, 0, x)
+    t_multis, t_loops = [], []
+    for _ in range(repeats):     # interleaved, medians: a shared box's load moves between measurements
+        t = time.perf_counter()
+        multi = wv.data_weights(m, src, dst, units, x)
+        t_multis.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        loop = [wv.data_weights(m, src, dst, u, x) for u in units]
+        t_loops.append(time.perf_counter() - t)
+    t_multi, t_loop = statistics.median(t_multis), statistics.median(t_loops)
+    print("per repeat: one call " + " ".join(f"{v:.2f}" for v in t_multis) + " s; loop " +
+          " ".join(f"{v:.2f}" for v in t_loops) + " s; ratios " +
+          " ".join(f"{b / a:.1f}" for a, b in zip(t_multis, t_loops)))
     ref = torch.stack([d.weights for d in loop])
     rel = float((multi.weights - ref).abs().max() / ref.abs().max())
     same = all(torch.equal(multi.positions[i], d.positions) for i, d in enumerate(loop))
@@ -139,7 +147,7 @@ def main() -> None:
 
     if args.units:
         print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-        units_per_pass(args.units, args.n, args.size)
+        units_per_pass(args.units, args.n, args.size, args.repeats)
         return
 
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
