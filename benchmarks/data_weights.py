@@ -13,7 +13,15 @@ Methods (each: ``--n`` embedded images at 224 px, one ``dst`` unit, position "ma
   comes from batching and how much from not running the rest of the model.
 - ``floor``: a batched no-grad forward stopped after ``dst`` (no backward): the least any method does.
 
+Many units per data pass (``--units U``, issue 20 item 9; public names only): ``U`` units of one lite0 ``dst``
+layer over ``--n`` images, ONE ``data_weights(..., unit=list(range(U)))`` call (one forward per batch, a
+full-map backward for the first unit, the others from their cones) against the per-unit loop
+``[data_weights(..., u, ...) for u in range(U)]`` (one forward + one backward per unit per batch), measured
+side by side in one run (after warm-up calls, so the field measurement is not counted; ``--repeats``
+interleaved repeats, medians), with the max difference relative to the max |gradient|.
+
 Run: ``.venv/bin/python benchmarks/data_weights.py [--n 64] [--size 224] [--repeats 3] [--threads 2]``
+``.venv/bin/python benchmarks/data_weights.py --units 32 --n 32 [--size 224] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -88,15 +96,59 @@ def _floor(model, dst, x):
         h.remove()
 
 
+UNITS_PAIR = ("blocks.2.0", "blocks.3.0")
+
+
+def units_per_pass(n_units: int, n: int, size: int, repeats: int = 3) -> None:
+    """One multi-unit call vs the per-unit loop, side by side (public API only)."""
+    import warnings
+
+    import weightviz as wv
+
+    src, dst = UNITS_PAIR
+    warnings.simplefilter("ignore", wv.WeightvizWarning)
+    m = wv.load_model()
+    x = wv.images(n=n, model=m, size=size).tensor()
+    units = list(range(n_units))
+    wv.data_weights(m, src, dst, units[:2], x[:2])               # warm-up: field and window measured once
+    wv.data_weights(m, src, dst, units[:2], x)
+    wv.data_weights(m, src, dst, 0, x)
+    t_multis, t_loops = [], []
+    for _ in range(repeats):     # interleaved, medians: a shared box's load moves between measurements
+        t = time.perf_counter()
+        multi = wv.data_weights(m, src, dst, units, x)
+        t_multis.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        loop = [wv.data_weights(m, src, dst, u, x) for u in units]
+        t_loops.append(time.perf_counter() - t)
+    t_multi, t_loop = statistics.median(t_multis), statistics.median(t_loops)
+    print("per repeat: one call " + " ".join(f"{v:.2f}" for v in t_multis) + " s; loop " +
+          " ".join(f"{v:.2f}" for v in t_loops) + " s; ratios " +
+          " ".join(f"{b / a:.1f}" for a, b in zip(t_multis, t_loops)))
+    ref = torch.stack([d.weights for d in loop])
+    rel = float((multi.weights - ref).abs().max() / ref.abs().max())
+    same = all(torch.equal(multi.positions[i], d.positions) for i, d in enumerate(loop))
+    print(f"{n_units} units of {dst} (from {src}) over {n} images at {size} px, position 'max', "
+          f"weights {list(multi.weights.shape)}")
+    print(f"{'one call s':>10} {'per-unit loop s':>15} {'ratio':>6} {'max |diff| / max |g|':>21} {'positions equal':>15}")
+    print(f"{t_multi:>10.2f} {t_loop:>15.2f} {t_loop / t_multi:>6.1f} {rel:>21.2e} {str(same):>15}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--units", type=int, default=0, help="many units per data pass: U units, one call vs loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import weightviz as wv
+
+    if args.units:
+        print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+        units_per_pass(args.units, args.n, args.size, args.repeats)
+        return
 
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"{args.n} embedded images at {args.size} px, position 'max'")

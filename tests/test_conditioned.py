@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import weightviz as wv
-from weightviz.conditioned.connections import cases, data_weights
+from weightviz.conditioned import cases, data_weights
 
 # ---------------------------------------------------------------------------------------- references
 

@@ -76,3 +76,31 @@ def test_no_panel_when_disabled(model, tmp_path):
     assert "<h3>Cases" not in (tmp_path / P.unit_path("conv3", 0)).read_text()
     with pytest.raises(wv.WeightvizError, match="cases"):
         ExploreConfig(cases=9)
+
+
+def test_cases_job_uses_one_data_pass_for_the_layer(model, tmp_path, monkeypatch):
+    """The cases job of a layer computes all its units' gradients in ONE multi-unit data_weights call (one
+    forward over the image set), and the panels are those of the per-unit calls."""
+    import weightviz.conditioned as cond
+
+    calls = []
+    real = cond.data_weights
+
+    def spy(*args, **kwargs):
+        calls.append((args[2], args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cond, "data_weights", spy)
+    ex = Explorer(model, "conv1,conv3", "0:3", config=CFG, render_cache=None, name="tiny")
+    build_site(model, tmp_path, explorer=ex)
+    assert sorted(calls) == [("conv1", [0, 1, 2]), ("conv3", [0, 1, 2])]   # one call per layer, no per-unit calls
+    doc = json.loads((tmp_path / "data" / "cases" / "conv3.json").read_text())
+    imgs = wv.images(model=model, size=32, n=12, seed=0)
+    for u in range(3):
+        panel = doc["units"][str(u)]
+        try:
+            ref = wv.cases(model, "conv1", "conv3", u, imgs, 2, k=3)
+        except wv.WeightvizError as e:
+            assert panel["error"] == str(e)
+            continue
+        assert panel["explained"] == pytest.approx(ref.explained, rel=1e-5)

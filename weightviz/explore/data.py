@@ -102,6 +102,7 @@ class Explorer(LayerGraph):
         self._memo: dict[str, OrderedDict] = {}
         self._memo_lock = threading.Lock()
         self._key_locks = KeyLocks()
+        self._prefetched: dict[tuple, Any] = {}   # cases of units computed in one shared data pass (prefetch_cases)
 
 
     # ---------------------------------------------------------------------------- weights
@@ -259,10 +260,46 @@ class Explorer(LayerGraph):
         fires on the images."""
         from ..conditioned import cases
 
+        with self._memo_lock:
+            done = self._prefetched.pop((layer, unit, src), None)
+        if isinstance(done, Exception):
+            raise done
+        if done is not None:
+            return done
         imgs = self.image_set()
         cfg = self.config
         with self.compute_lock:
             return cases(self.model, src, layer, unit, imgs, cfg.cases, k=cfg.top_k, n_examples=4, seed=cfg.seed)
+
+    def prefetch_cases(self, layer: str, units: Sequence[int], src: str | None) -> None:
+        """Compute the cases of several units of ``layer`` (those :meth:`cases` has not memoized) from ONE
+        shared data pass (:func:`weightviz.data_weights` with the units: one forward over the image set, each
+        unit's gradient from its cone), for the :meth:`cases` calls that follow; each unit's factorization
+        (or its :class:`WeightvizError`) is kept until that call takes it."""
+        from ..conditioned import cases, data_weights
+
+        memo = self._memo.get("cases", {})
+        with self._memo_lock:
+            todo = [int(u) for u in units if (layer, int(u), src) not in memo and
+                    (layer, int(u), src) not in self._prefetched]
+        if len(todo) < 2:
+            return
+        imgs = self.image_set()
+        cfg = self.config
+        with self.compute_lock:
+            try:
+                data = data_weights(self.model, src, layer, todo, imgs)
+            except WeightvizError:       # the per-unit calls raise it, one line each
+                return
+            done: dict[tuple, Any] = {}
+            for u in todo:
+                try:
+                    done[(layer, u, src)] = cases(self.model, src, layer, u, imgs, cfg.cases, k=cfg.top_k, n_examples=4,
+                                                  seed=cfg.seed, data=data.for_unit(u))
+                except WeightvizError as e:
+                    done[(layer, u, src)] = e
+        with self._memo_lock:
+            self._prefetched.update(done)
 
     def _render(self, objectives: list) -> torch.Tensor:
         from ..optvis.render import render

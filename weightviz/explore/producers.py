@@ -151,6 +151,8 @@ def _load_cases(root: Path, layer: str) -> dict[str, Any]:
 
 def _produce_cases(ex: Explorer, inp: dict) -> dict[str, bytes]:
     layer = inp["layer"]
+    if ex.config.cases:   # all the layer's units from one shared data pass
+        ex.prefetch_cases(layer, inp["units"], ex.primary_source(layer))
     doc = {"layer": layer, "units": {str(u): pages.cases_data(ex, layer, u) for u in inp["units"]}}
     return {_cases_path(layer): json.dumps(doc).encode()}
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conditioned import Cases, DataWeights
+from ..conditioned import STABILITY_WARN, Cases, DataWeights
 from ..errors import WeightvizError
 from ._core import Figure, shared_scale
 from ._fv import FVBatch, FVOptions
@@ -106,6 +106,10 @@ def cases_figure(
         "rows: the images that carry each case (what the unit reads); per input: its FV, the case's",
         "gradient, and below it the expanded weight of the same input, all on one scale",
     ]
+    stability = float(getattr(res, "stability", 1.0))
+    if stability < STABILITY_WARN:
+        lines.insert(2, f"NOTE: the cases are not unique (stability {stability:.2f} < {STABILITY_WARN}): restarts of the "
+                        "factorization find other cases; they may mix the true ones")
     for i, s in enumerate(lines):
         cv.text(1.45, 0.3 + i * 0.2, s, size=7.5)
     y = 0.25 + 1.2 + 2 * LABEL_H + 0.35
@@ -141,7 +145,8 @@ def cases_figure(
     data = {
         "figure": "cases", "src": src, "dst": dst, "unit": unit, "n_cases": res.n_cases, "cases": rows,
         "explained": float(res.explained), "norm_ratio": ratio, "vmax": vmax, "n_images": n_img,
-        "n_firing": n_fire, "fv": opts.enabled, "units": [unit],
+        "n_firing": n_fire, "fv": opts.enabled, "units": [unit], "stability": stability,
+        "note": lines[2] if stability < STABILITY_WARN else None,
     }
     return _marked(cv.figure(data, title=title), m)
 
@@ -163,6 +168,9 @@ def data_weights_figure(
 
     if not isinstance(d, DataWeights):
         raise WeightvizError(f"data_weights_figure draws a weightviz.DataWeights result, got {type(d).__name__}")
+    if isinstance(d.unit, list):
+        raise WeightvizError(f"data_weights_figure draws one unit; this result holds {len(d.unit)} units: draw "
+                             "d.for_unit(u)")
     n_examples = _check_pos_int(n_examples, "n_examples")
     k = _check_pos_int(k, "k")
     opts = FVOptions.of(fv, fv_options)

@@ -1,6 +1,6 @@
 """Data-conditioned connections: per-example gradients between two layers, and the cases they fall into.
 
-Expanded weights (:mod:`weightviz.expand.expanded`) linearize the model and show what a connection does "on
+Expanded weights (:mod:`weightviz.expand`) linearize the model and show what a connection does "on
 average". Where the nonlinear structure matters they mislead: a boundary detector excited by
 high-to-low *and* low-to-high frequency transitions has expanded weights from high-frequency detectors
 that cancel (Voss et al. 2021, "Expanded weights"). The article names the remedies; two are here:
@@ -37,7 +37,7 @@ image's selected output gives every image's own gradient in one backward. The mo
 from __future__ import annotations
 
 import contextlib
-import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,28 +46,39 @@ import torch
 from torch import nn
 
 from ..data import default_batch
-from ..errors import WeightvizError
-from ..expand import Connection, expanded_weights, rank_connections, receptive_field
+from ..errors import WeightvizError, WeightvizWarning
+from ..expand import receptive_field
 from ..models import device_dtype, get_module, parse_units, resolve
 from ..utils.progress import progress as _progress
-from . import _crops
+from . import _cone, _crops
 
-__all__ = ["CaseExamples", "Cases", "DataWeights", "cases", "data_weights"]
+__all__ = ["OUTSIDE_WARN", "DataWeights", "data_weights"]
 
 _POSITIONS = ("max", "centre")
+_CONE_INPUT = 64     # px of the input the layers before src run on in the cone pass (their output is replaced)
+OUTSIDE_WARN = 0.02  # share of the gradient squared norm outside the window above which data_weights warns
 
 
 # ------------------------------------------------------------------------------------------- results
 @dataclass
 class DataWeights:
-    """Per-example connections from ``src`` into one ``dst`` unit (:func:`data_weights`).
+    """Per-example connections from ``src`` into ``dst`` unit(s) (:func:`data_weights`).
 
-    ``weights``: ``[N, C_src, Kh, Kw]``, the gradient (``attribution=True``: gradient x ``src``
-    activation) in the window of each image's position, same convention as
+    One unit (``unit`` an int): ``weights``: ``[N, C_src, Kh, Kw]``, the gradient (``attribution=True``:
+    gradient x ``src`` activation) in the window of each image's position, same convention as
     :func:`weightviz.expanded_weights`. ``activations``: ``[N]``, ``dst[unit]`` (pre-activation) at that
     position. ``positions``: ``[N, 2]`` long, the ``dst`` position ``(y, x)`` used per image.
     ``inside``: ``[N, Kh, Kw]`` bool, window positions that exist in ``src``'s map (the others are 0).
-    ``window``: the geometry (:class:`weightviz._crops.Window`).
+    ``outside``: ``[N]``, per image the share of the gradient's squared L2 norm (over the whole ``src`` map,
+    all channels; the plain gradient also when ``attribution=True``) that lies OUTSIDE the window, computed
+    from the full-map gradient: 0 when every route from ``dst`` to ``src`` stays in the window (convs,
+    pooling of a fixed size), larger through global pooling (squeeze-excite) or attention, whose share the
+    window drops. ``window``: the geometry (:class:`weightviz._crops.Window`).
+
+    Several units (``unit`` a list, :func:`data_weights` with ``unit=[...]`` or a spec like ``"0:32"``): every
+    per-image tensor gets a leading unit axis ``U`` (``weights`` ``[U, N, C_src, Kh, Kw]``, ``activations``
+    and ``outside`` ``[U, N]``, ``positions`` ``[U, N, 2]``, ``inside`` ``[U, N, Kh, Kw]``);
+    :meth:`for_unit` gives one unit's :class:`DataWeights`.
     """
 
     weights: torch.Tensor
@@ -76,73 +87,53 @@ class DataWeights:
     inside: torch.Tensor
     src: str | None
     dst: str
-    unit: int
+    unit: int | list[int]
     position: Any
     attribution: bool
     window: _crops.Window = field(repr=False)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     images: Any = field(default=None, repr=False, compare=False)
+    outside: torch.Tensor | None = None
+
+    @property
+    def units(self) -> list[int]:
+        """The ``dst`` units, as a list (one element for a single-unit result)."""
+        return list(self.unit) if isinstance(self.unit, list) else [self.unit]
+
+    def for_unit(self, unit: int) -> DataWeights:
+        """The single-unit :class:`DataWeights` of ``unit`` (one of :attr:`units`)."""
+        if not isinstance(self.unit, list):
+            if unit != self.unit:
+                raise WeightvizError(f"unit {unit!r} is not in this result (unit {self.unit})")
+            return self
+        if unit not in self.unit:
+            raise WeightvizError(f"unit {unit!r} is not in this result (units {_short(self.unit)})")
+        i = self.unit.index(unit)
+        return DataWeights(self.weights[i], self.activations[i], self.positions[i], self.inside[i], self.src,
+                           self.dst, unit, self.position, self.attribution, self.window, self.model, self.images,
+                           None if self.outside is None else self.outside[i])
+
+    def _single(self, what: str) -> None:
+        if isinstance(self.unit, list):
+            raise WeightvizError(f"{what} is per unit: this result holds {len(self.unit)} units; use "
+                                 f".for_unit(u).{what}")
 
     def input_boxes(self) -> list[tuple[int, int, int, int]]:
         """Per image, the box ``(r0, c0, h, w)`` of input pixels the chosen ``dst`` position reads (may reach
         past the image border)."""
+        self._single("input_boxes()")
         win = _input_window(self.model, self.dst, self.window.image_size)
         return [(*win.start(tuple(p.tolist())), *win.size) for p in self.positions]
 
     def crops(self, indices: list[int]) -> torch.Tensor:
         """``[len(indices), C, h, w]`` display crops in [0, 1] (white past the image border) of what the chosen
         position of those images reads."""
+        self._single("crops()")
         return _crop_examples(self, indices)
 
 
-@dataclass
-class CaseExamples:
-    """The images that load most on one case: ``indices`` into the image set, their ``loadings`` on the
-    case (weighted by firing, descending), ``activations`` and ``crops`` ``[n, C, h, w]`` in [0, 1] (what
-    the chosen ``dst`` position reads in each)."""
-
-    indices: list[int]
-    loadings: torch.Tensor
-    activations: torch.Tensor
-    crops: torch.Tensor = field(repr=False)
-
-
-@dataclass
-class Cases:
-    """The gradients of one connection factored over an image set (:func:`cases`).
-
-    ``patterns``: ``[n_cases, C_src, Kh, Kw]``, each case's signed gradient pattern, scaled to the
-    gradient of the examples that carry it (their mean loading is 1). ``loadings``: ``[N, n_cases]``,
-    non-negative: ``gradient[n] ≈ loadings[n] @ patterns`` for every image on which the unit fires
-    (0 for the others). ``explained``: fraction of the firing-weighted sum of squares of the gradients
-    that the cases reconstruct. ``share``: ``[n_cases]``, each case's fraction of the summed weighted
-    loadings. ``top_inputs``: per case, its input channels ranked by slice norm
-    (:func:`weightviz.rank_connections`). ``examples``: per case, :class:`CaseExamples`.
-    ``expanded``: ``[C_src, Kh, Kw]``, the expanded weight of the same connection (for comparison).
-    ``data``: the :class:`DataWeights` factored.
-    """
-
-    patterns: torch.Tensor
-    loadings: torch.Tensor
-    explained: float
-    share: torch.Tensor
-    top_inputs: list[list[Connection]]
-    examples: list[CaseExamples]
-    expanded: torch.Tensor
-    data: DataWeights = field(repr=False)
-
-    @property
-    def n_cases(self) -> int:
-        return int(self.patterns.shape[0])
-
-    def norm_ratio(self) -> float:
-        """Firing-weighted mean of the per-example gradient norms over the expanded weight's norm (how much
-        the expanded weight cancels; ``inf`` when it is exactly 0)."""
-        g = self.data.weights.flatten(1).norm(dim=1)
-        w = self.data.activations.clamp(min=0)
-        mean = float((w * g).sum() / w.sum())
-        e = float(self.expanded.norm())
-        return mean / e if e > 0 else math.inf
+def _short(units: list[int]) -> str:
+    return ",".join(map(str, units[:8])) + (",..." if len(units) > 8 else "")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -199,11 +190,11 @@ def _select(a: torch.Tensor, position: Any, dst: str) -> torch.Tensor:
     return torch.tensor([[y, x]], dtype=torch.long, device=a.device).expand(b, 2).clone()
 
 
-def _batch_pass(model: nn.Module, src: str | None, dst: str, unit: int, x: torch.Tensor, position: Any):
-    """One forward of the real model on ``x`` ``[B, C, H, W]`` and one backward of the sum over the batch
-    of each image's selected ``dst[unit]``: returns the gradients and values of ``src``'s output
-    ``[B, C_src, Hs, Ws]`` (each image's own gradient: images are independent), the activations ``[B]``
-    and positions ``[B, 2]``."""
+def _forward(model: nn.Module, src: str | None, dst: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of the real model on ``x`` ``[B, C, H, W]``, stopped after ``dst``, recording autograd from
+    ``src`` on: returns ``dst``'s output ``[B, C_dst, Hd, Wd]`` (with its graph) and ``src``'s output ``z``
+    ``[B, C_src, Hs, Ws]`` (the leaf the gradients are taken for). Images are independent (eval mode), so
+    the gradient of a sum over the batch of one output per image gives every image's own gradient."""
     cap: dict[str, torch.Tensor] = {}
 
     def src_hook(_m, _inp, out):
@@ -245,7 +236,13 @@ def _batch_pass(model: nn.Module, src: str | None, dst: str, unit: int, x: torch
     if "y" not in cap:
         raise WeightvizError(f"layer {dst!r} did not run in the forward pass" +
                              (f" after {src!r}" if src is not None else ""))
-    y, z = cap["y"], cap["z"]
+    return cap["y"], cap["z"]
+
+
+def _unit_grad(y: torch.Tensor, z: torch.Tensor, src: str | None, dst: str, unit: int, position: Any,
+               retain: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The full-map gradient ``[B, C_src, Hs, Ws]`` of each image's selected ``dst[unit]`` w.r.t. ``z`` (one
+    backward of their sum), the activations ``[B]`` and positions ``[B, 2]``."""
     if not 0 <= unit < y.shape[1]:
         raise WeightvizError(f"unit {unit} out of range: {dst!r} has {y.shape[1]} channels (0..{y.shape[1] - 1})")
     a = y[:, unit].detach()
@@ -255,10 +252,24 @@ def _batch_pass(model: nn.Module, src: str | None, dst: str, unit: int, x: torch
     with torch.inference_mode(False):
         if not sel.requires_grad:
             raise WeightvizError(f"layer {dst!r} does not depend on {src or 'the input'!r}: no route between them")
-        (g,) = torch.autograd.grad(sel.sum(), z, allow_unused=True)
+        (g,) = torch.autograd.grad(sel.sum(), z, allow_unused=True, retain_graph=retain)
     if g is None:
         raise WeightvizError(f"layer {dst!r} does not depend on {src or 'the input'!r}: no route between them")
-    return g.detach(), z.detach(), sel.detach(), pos
+    return g.detach(), sel.detach(), pos
+
+
+def _outside_share(g: torch.Tensor, starts: list[tuple[int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """Per image, the share of ``g``'s ``[B, C, Hs, Ws]`` squared norm outside its window (0 where ``g`` is 0):
+    the window's part is removed from the per-position energy map, not subtracted, so a gradient with
+    nothing outside gives exactly 0."""
+    e = g.float().pow(2).sum(1)                                     # [B, Hs, Ws]
+    total = e.flatten(1).sum(1)
+    rest = e.clone()
+    hs, ws = e.shape[-2:]
+    for b, (r0, c0) in enumerate(starts):
+        rest[b, max(0, r0):max(0, min(hs, r0 + size[0])), max(0, c0):max(0, min(ws, c0 + size[1]))] = 0
+    out = rest.flatten(1).sum(1)
+    return torch.where(total > 0, out / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(total))
 
 
 def _input_window(model: nn.Module, dst: str, image_hw: tuple[int, int]) -> _crops.Window:
@@ -291,15 +302,22 @@ def data_weights(
     model: nn.Module | str | None,
     src: str | None,
     dst: str,
-    unit: int,
+    unit: int | str | list[int],
     images: Any,
     *,
     position: str | tuple[int, int] = "max",
     attribution: bool = False,
     batch_size: int | None = None,
     progress: bool = False,
+    warn_outside: float = OUTSIDE_WARN,
+    _use_cone: bool = True,
 ) -> DataWeights:
     """Per-example connections: the gradient of ``dst[unit]`` w.r.t. ``src``'s output, per image.
+
+    ``unit``: one int, or several units (a list of ints or a unit spec such as ``"0:32"`` or ``"3,7,9"``,
+    :func:`weightviz.models.parse_units`): they share ONE forward pass over the images (per batch: one
+    forward stopped after ``dst``, then one backward per unit), and every result tensor gets a leading unit
+    axis (``.weights`` ``[U, N, C_src, K, K]``; :meth:`DataWeights.for_unit`).
 
     ``images``: an image set (:func:`weightviz.images`), a folder, or a tensor ``[N, C, H, W]`` prepared
     for the model. ``position``: ``"max"`` (where the unit's pre-activation is largest on that image; the
@@ -309,8 +327,17 @@ def data_weights(
 
     Returns :class:`DataWeights` with ``.weights`` ``[N, C_src, K, K]`` in the window and convention of
     :func:`weightviz.expanded_weights` (window positions past the map border are 0, see ``.inside``),
-    ``.activations`` ``[N]`` and ``.positions`` ``[N, 2]``. Through the real model, in eval mode; one
-    forward and one backward per batch of ``batch_size`` images (default: :func:`weightviz.data.default_batch`, 4 on a CPU, 32 on a GPU).
+    ``.activations`` ``[N]``, ``.positions`` ``[N, 2]`` and ``.outside`` ``[N]`` (the share of each image's
+    gradient squared norm that the window leaves out, from the full-map gradient; a
+    :class:`weightviz.errors.WeightvizWarning` when it exceeds ``warn_outside``, default 2%, on any image).
+    Through the real model, in eval mode; per batch of ``batch_size`` images (default:
+    :func:`weightviz.data.default_batch`, 4 on a CPU, 32 on a GPU) one forward and a full-map backward
+    for the (first) unit. With several units, when that unit's full-map gradient has nothing outside the
+    window on any image of the batch (every route is local), the other units' gradients come from their
+    cones: a crop of ``src``'s map around each window, all crops in one forward + backward of the
+    ``src -> dst`` layers at the end (:mod:`weightviz.conditioned._cone`; their ``outside`` is 0); where the
+    crops do not reproduce ``dst``'s values (global routes, size-dependent padding) every unit gets its
+    full-map backward instead.
 
     Raises :class:`WeightvizError` for unknown layers, a unit out of range, ``dst`` not after ``src``,
     images with the wrong channel count for the model, or a position outside ``dst``'s map.
@@ -321,8 +348,9 @@ def data_weights(
             get_module(model, name)
     if src is not None and src == dst:
         raise WeightvizError(f"src and dst are the same layer {src!r}; choose a later dst")
-    if isinstance(unit, bool) or not isinstance(unit, int):
-        raise WeightvizError(f"unit must be one int, got {unit!r}")
+    single = isinstance(unit, int) and not isinstance(unit, bool)
+    if isinstance(unit, bool) or not (single or isinstance(unit, (str, list, tuple, range))):
+        raise WeightvizError(f"unit must be an int, a list of ints or a unit spec like '0:32', got {unit!r}")
     position = _parse_position(position)
     device, dtype = device_dtype(model)
     if batch_size is None:
@@ -336,131 +364,87 @@ def data_weights(
     if len(rf.src_shape) != 3 or len(rf.dst_shape) != 3:
         raise WeightvizError(f"per-example connections need spatial maps: {src or 'the input'!r} -> {dst!r} gives "
                              f"{list(rf.src_shape)} -> {list(rf.dst_shape)}")
-    (unit,) = parse_units(unit, rf.dst_shape[0], what=f"layer {dst!r}")
+    units = parse_units(list(unit) if isinstance(unit, (tuple, range)) else unit, rf.dst_shape[0],
+                        what=f"layer {dst!r}")
+    if not units:
+        raise WeightvizError(f"no units selected by {unit!r}; give at least one unit of {dst!r}")
+    nu = len(units)
     first = imgs[0]
     hw = (int(first.shape[-2]), int(first.shape[-1]))
     win = _crops.window(model, src, dst, hw, rf.size)
     kh, kw = rf.size
-    out = acts = poss = ins = None
-    with _eval_mode(model), _progress(progress, n, f"gradients {dst}[{unit}]") as advance:
+    out = acts = poss = ins = outs = None
+    cone = _cone.CropSet(win, (kh, kw)) if nu > 1 and _use_cone else None
+    x1 = None
+    what = f"{dst}[{units[0]}]" if single else f"{dst}[{nu} units]"
+    with _eval_mode(model), _progress(progress, n, f"gradients {what}") as advance:
         s = 0
         for x in imgs.batches(batch_size):
             x = x.to(device=device, dtype=dtype)
-            g, z, a, pos = _batch_pass(model, src, dst, unit, x, position)
-            if out is None:
-                c = g.shape[1]
-                out = g.new_zeros(n, c, kh, kw)
-                acts, poss = a.new_zeros(n), torch.zeros(n, 2, dtype=torch.long)
-                ins = torch.zeros(n, kh, kw, dtype=torch.bool)
-            hs, ws = g.shape[-2:]
-            v = g * z if attribution else g
-            for b in range(g.shape[0]):
-                start = win.start(tuple(pos[b].tolist()))
-                out[s + b] = _crops.crop(v[b], start, (kh, kw))
-                ins[s + b] = _crops.inside(start, (kh, kw), (hs, ws))
-            acts[s:s + g.shape[0]] = a
-            poss[s:s + g.shape[0]] = pos.cpu()
-            s += g.shape[0]
-            advance(g.shape[0])
-    return DataWeights(out, acts, poss, ins, src, dst, unit, position, bool(attribution), win, model, imgs)
+            if x1 is None:   # the crop runs replace src's output: the layers before it need only a small input
+                x1 = x[:1, :, :_CONE_INPUT, :_CONE_INPUT]
+            y, z = _forward(model, src, dst, x)
+            nb = x.shape[0]
+            local = False
+            for i, u in enumerate(units):
+                if local:      # no route leaves the window: the unit's gradient from the crops of its cone
+                    a = y[:, u].detach()
+                    pos = _select(a, position, dst)
+                    a = a[torch.arange(nb, device=a.device), pos[:, 0], pos[:, 1]]
+                    hs, ws = z.shape[-2:]
+                    for b in range(nb):
+                        p = tuple(pos[b].tolist())
+                        cone.add(z.detach(), b, i, u, s + b, p, float(a[b]))
+                        ins[i, s + b] = _crops.inside(win.start(p), (kh, kw), (hs, ws))
+                    acts[i, s:s + nb] = a
+                    poss[i, s:s + nb] = pos.cpu()
+                    continue
+                g, a, pos = _unit_grad(y, z, src, dst, u, position, retain=i + 1 < nu)
+                if out is None:
+                    c = g.shape[1]
+                    out = g.new_zeros(nu, n, c, kh, kw)
+                    acts, poss = a.new_zeros(nu, n), torch.zeros(nu, n, 2, dtype=torch.long)
+                    ins = torch.zeros(nu, n, kh, kw, dtype=torch.bool)
+                    outs = torch.zeros(nu, n)
+                hs, ws = g.shape[-2:]
+                v = g * z.detach() if attribution else g
+                starts = [win.start(tuple(pos[b].tolist())) for b in range(nb)]
+                for b, start in enumerate(starts):
+                    out[i, s + b] = _crops.crop(v[b], start, (kh, kw))
+                    ins[i, s + b] = _crops.inside(start, (kh, kw), (hs, ws))
+                outs[i, s:s + nb] = _outside_share(g, starts, (kh, kw)).cpu()
+                acts[i, s:s + nb] = a
+                poss[i, s:s + nb] = pos.cpu()
+                # the first unit's full-map gradient has nothing outside the window on any image: every route is
+                # local, so the other units' gradients (outside share 0 likewise) come from their cones
+                local = cone is not None and i == 0 and bool((outs[0, s:s + nb] == 0).all())
+            del y, z
+            s += nb
+            advance(nb)
+        if cone is not None and cone.groups:
+            scale = float(acts.abs().max()) if acts.numel() else 0.0
+            tol = (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2) * scale + 1e-7
+            if not _cone.cone_grads(model, src, dst, x1, cone, attribution, out, tol):
+                return data_weights(model, src, dst, units, imgs, position=position, attribution=attribution,
+                                    batch_size=batch_size, progress=progress, warn_outside=warn_outside,
+                                    _use_cone=False)
+    _warn_outside(outs, units, src, dst, (kh, kw), warn_outside)
+    if single:
+        out, acts, poss, ins, outs = out[0], acts[0], poss[0], ins[0], outs[0]
+    return DataWeights(out, acts, poss, ins, src, dst, units[0] if single else units, position, bool(attribution),
+                       win, model, imgs, outs)
 
 
-# ------------------------------------------------------------------------------------------------ cases
-def cases(
-    model: nn.Module | str | None,
-    src: str | None,
-    dst: str,
-    unit: int,
-    images: Any,
-    n_cases: int = 2,
-    *,
-    position: str | tuple[int, int] = "max",
-    k: int = 8,
-    n_examples: int = 6,
-    seed: int = 0,
-    iters: int = 400,
-    batch_size: int | None = None,
-    progress: bool = False,
-    data: DataWeights | None = None,
-) -> Cases:
-    """The gradients of one connection over an image set, factored into ``n_cases`` cases.
-
-    Per image, the gradient ``g_n`` ``[C_src, K, K]`` of :func:`data_weights` (at ``position``) is
-    weighted by how strongly the unit fires, ``w_n = relu(activation_n) / max``; images where it does
-    not fire are left out. One-sided NMF as for a neuron's NMF image (methods.md): each weighted gradient
-    is split into its positive and negative parts along the feature axis, ``X[n] = w_n * concat(relu(g_n),
-    relu(-g_n))`` ``[N_fire, 2*C_src*K*K]``, and ``X ≈ A @ H`` (:func:`weightviz.nmf`, ``A >= 0``): the
-    examples side stays non-negative (an example *loads* on a case), the pattern side absorbs the sign:
-    ``pattern_c = H[c, :F] - H[c, F:]``. The loadings are ``A / w`` (then ``g_n ≈ loadings[n] @ patterns``
-    for each firing image, the fit weighted by ``w_n``) and each case is scaled so the mean loading of its
-    ``n_examples`` strongest examples is 1.
-
-    ``k``: input channels kept per case in ``.top_inputs``; ``n_examples``: examples (with crops) per case.
-    ``data``: a :class:`DataWeights` already computed for this connection (skips the data pass).
-
-    Raises :class:`WeightvizError` (one line) when the unit never fires on the images, or ``n_cases`` is
-    more than the data allows (the number of images on which the unit fires, or of distinct cases found).
-    """
-    from ..stats import nmf
-
-    n_cases = _check_int(n_cases, "n_cases", 1)
-    k = _check_int(k, "k", 1)
-    n_examples = _check_int(n_examples, "n_examples", 1)
-    if data is None:
-        model = resolve(model)
-        data = data_weights(model, src, dst, unit, images, position=position, batch_size=batch_size,
-                            progress=progress)
-    src, dst, unit = data.src, data.dst, data.unit
-    G = data.weights.float()
-    n, c, kh, kw = G.shape
-    w = data.activations.float().clamp(min=0)
-    fire = (w > 0).nonzero().flatten()
-    where = "at its most active position" if data.position == "max" else f"at position {data.position}"
-    if fire.numel() == 0:
-        raise WeightvizError(f"unit {unit} of {dst!r} never fires on these {n} images (pre-activation <= 0 {where} "
-                             f"in every one, max {float(data.activations.max()):.3g}); use other images or another unit")
-    if n_cases > fire.numel():
-        raise WeightvizError(f"n_cases={n_cases} is more than the data allows: unit {unit} of {dst!r} fires on only "
-                             f"{fire.numel()} of the {n} images; use n_cases <= {fire.numel()} or more images")
-    wf = w[fire] / w[fire].max()                                    # [M]
-    g = G[fire].flatten(1)                                          # [M, F]
-    if not bool(g.abs().sum() > 0):
-        raise WeightvizError(f"the gradients of unit {unit} of {dst!r} w.r.t. {src or 'the input'!r} are 0 on every "
-                             "image where it fires; nothing to factor")
-    X = wf[:, None] * torch.cat([g.clamp(min=0), (-g).clamp(min=0)], dim=1)   # [M, 2F]
-    A, H = nmf(X, n_cases, seed=seed, iters=iters)                  # [M, r], [r, 2F]
-    f = g.shape[1]
-    P = H[:, :f] - H[:, f:]                                         # [r, F] signed patterns
-    L = A / wf[:, None]                                             # unweighted loadings
-    empty = [j for j in range(n_cases) if not bool(A[:, j].max() > 0) or not bool(P[j].abs().max() > 0)]
-    if empty:
-        found = n_cases - len(empty)
-        raise WeightvizError(f"n_cases={n_cases} is more than the data allows: the gradients of unit {unit} of "
-                             f"{dst!r} hold only {found} distinct case(s) on these images; use n_cases <= {max(1, found)}")
-    order = [A[:, j].argsort(descending=True, stable=True) for j in range(n_cases)]
-    for j in range(n_cases):
-        top = order[j][:n_examples]
-        top = top[A[top, j] > 0]
-        scale = float(L[top, j].mean())
-        P[j] *= scale
-        L[:, j] /= scale
-    resid = (g - L @ P)
-    num = float((wf[:, None] ** 2 * resid ** 2).sum())
-    den = float((wf[:, None] ** 2 * g ** 2).sum())
-    explained = 1.0 - num / den
-    loadings = G.new_zeros(n, n_cases)
-    loadings[fire] = L
-    weighted = A.sum(0)
-    share = weighted / weighted.sum()
-    patterns = P.reshape(n_cases, c, kh, kw)
-    top_inputs = [rank_connections(patterns[j], min(k, c)) for j in range(n_cases)]
-    examples = []
-    for j in range(n_cases):
-        top = order[j][:n_examples]
-        top = top[A[top, j] > 0]
-        idx = [int(fire[t]) for t in top]
-        crops = _crop_examples(data, idx) if data.images is not None and data.model is not None else None
-        examples.append(CaseExamples(idx, L[top, j].clone(), data.activations[idx].clone(), crops))
-    m = data.model if data.model is not None else resolve(model)
-    expanded = expanded_weights(m, src, dst, units=[unit])[0]
-    return Cases(patterns, loadings, explained, share, top_inputs, examples, expanded, data)
+def _warn_outside(outs: torch.Tensor, units: list[int], src: str | None, dst: str, size: tuple[int, int],
+                  limit: float) -> None:
+    """One :class:`WeightvizWarning` line when some image's gradient has more than ``limit`` of its squared
+    norm outside the window."""
+    worst = float(outs.max())
+    if worst <= limit:
+        return
+    n_bad = int((outs > limit).sum())
+    who = f"unit {units[0]}" if len(units) == 1 else f"{len(units)} units"
+    warnings.warn(f"{dst!r} ({who}) reads {src or 'the input'!r} outside its {size[0]}x{size[1]} window (a global "
+                  f"route: pooling over the whole map, squeeze-excite, attention): up to {100 * worst:.1f}% of the "
+                  f"gradient's squared norm is outside, more than {100 * limit:.0f}% on {n_bad} image(s); "
+                  "the window leaves it out (see .outside)", WeightvizWarning, stacklevel=3)
