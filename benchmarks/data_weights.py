@@ -46,7 +46,7 @@ class _Stop(Exception):
 
 def _loop(model, src, dst, unit, x, win, stop: bool):
     import weightviz as wv
-    from weightviz.conditioned import _crops
+    from weightviz.conditioned import windows
 
     out = []
     for i in range(x.shape[0]):
@@ -76,7 +76,7 @@ def _loop(model, src, dst, unit, x, win, stop: bool):
         flat = int(torch.argmax(y.detach().flatten()))
         p = (flat // y.shape[1], flat % y.shape[1])
         (g,) = torch.autograd.grad(y[p], cap["z"])
-        out.append(_crops.crop(g[0], win.start(p), win.size))
+        out.append(windows.crop(g[0], win.start(p), win.size))
     return torch.stack(out)
 
 

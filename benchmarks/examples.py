@@ -20,7 +20,7 @@ import time
 import torch
 
 import weightviz as wv
-from weightviz.conditioned import _crops
+from weightviz.conditioned import windows
 from weightviz.conditioned.examples import FILL, top_examples
 
 
@@ -68,8 +68,8 @@ def main() -> None:
         order = torch.sort(vals, descending=True, stable=True).indices[: args.k].tolist()
         hw = (x.shape[-2], x.shape[-1])
         field = wv.receptive_field(model, args.layer, None).size
-        win = _crops.window(model, None, args.layer, hw, field)
-        crops = [_crops.crop(prepared.raw(i), win.start(tuple(poss[i].tolist())), field, fill=FILL) for i in order]
+        win = windows.window(model, None, args.layer, hw, field)
+        crops = [windows.crop(prepared.raw(i), win.start(tuple(poss[i].tolist())), field, fill=FILL) for i in order]
         t_loop.append(time.process_time() - t0)
     assert res.indices.tolist() == [i for i in order if vals[i] > 0], (res.indices.tolist(), order)
     torch.testing.assert_close(res.values, vals[res.indices], rtol=1e-4, atol=1e-4)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..models import get_module
-from . import _crops
+from . import windows as _crops
 
 __all__ = ["CropSet", "cone_grads"]
 

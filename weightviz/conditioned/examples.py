@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import WeightvizError
 from ..models import device_dtype, get_module, resolve
-from . import _crops
+from . import windows as _crops
 
 __all__ = ["TopExamples", "layer_scores", "select", "top_examples"]
 
@@ -48,7 +48,7 @@ class TopExamples:
 
     ``images``: crops ``[k, 3, h, w]`` in [0, 1] for display: the unit's receptive field (``h, w`` = its full
     size, measured on the model) at ``positions``, exactly placed, grey (:data:`FILL`) where it reaches
-    past the image border (:mod:`weightviz._crops`); ``values``: activations ``[k]``, descending;
+    past the image border (:mod:`weightviz.conditioned.windows`); ``values``: activations ``[k]``, descending;
     ``indices``: ``[k]`` indices into the image set; ``positions``: ``[k, 2]`` output positions ``(y, x)``
     of the layer (``-1`` for a layer without spatial axes); ``boxes``: ``[k, 4]`` the part of each field
     inside the image, ``(r0, r1, c0, c1)``. Only examples on which the unit fires (activation > 0) are kept, so

@@ -13,7 +13,7 @@ that cancel (Voss et al. 2021, "Expanded weights"). The article names the remedi
 
 How the window is placed: :func:`weightviz.expanded_weights` takes the window of the ``dst`` centre at
 its own input size; here the window of the chosen position ``p`` of each image is the one that position
-reads at the image's size (:mod:`weightviz._crops`: ``start = offset + p * stride``, measured at that
+reads at the image's size (:mod:`weightviz.conditioned.windows`: ``start = offset + p * stride``, measured at that
 size, so asymmetric TF-"SAME" padding is right too). Window positions past the border of ``src``'s map
 (a position near the image border) are zero (the gradient there is not defined: no such input exists);
 ``DataWeights.inside`` marks the positions that exist. When every op between ``src`` and ``dst`` is
@@ -50,7 +50,8 @@ from ..errors import WeightvizError, WeightvizWarning
 from ..expand import receptive_field
 from ..models import device_dtype, get_module, parse_units, resolve
 from ..utils.progress import progress as _progress
-from . import _cone, _crops
+from . import _cone
+from . import windows as _crops
 
 __all__ = ["OUTSIDE_WARN", "DataWeights", "data_weights"]
 
@@ -73,7 +74,7 @@ class DataWeights:
     all channels; the plain gradient also when ``attribution=True``) that lies OUTSIDE the window, computed
     from the full-map gradient: 0 when every route from ``dst`` to ``src`` stays in the window (convs,
     pooling of a fixed size), larger through global pooling (squeeze-excite) or attention, whose share the
-    window drops. ``window``: the geometry (:class:`weightviz._crops.Window`).
+    window drops. ``window``: the geometry (:class:`weightviz.conditioned.windows.Window`).
 
     Several units (``unit`` a list, :func:`data_weights` with ``unit=[...]`` or a spec like ``"0:32"``): every
     per-image tensor gets a leading unit axis ``U`` (``weights`` ``[U, N, C_src, Kh, Kw]``, ``activations``

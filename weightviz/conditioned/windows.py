@@ -1,5 +1,5 @@
 """Windows of one ``dst`` position over ``src`` (or over the input) on images of any size, and zero-padded
-crops of them (private; used by per-example connections and cases).
+crops of them (used by per-example connections, cases and dataset examples; public for checking them).
 
 :func:`weightviz.expanded_weights` places its ``K x K`` window relative to the centre of ``dst`` at the
 input size its field was measured at. On an image of another size the same window sits at
