@@ -197,3 +197,24 @@ def test_the_unreadable_files_warning_is_a_weightviz_warning(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.warns(wv.WeightvizWarning, match="skipped 1 unreadable image file"):
         wv.images(tmp_path, size=16)
+
+
+def test_folder_images_for_a_model_follow_its_evaluation_transform(tmp_path):
+    """Loaded for a model at its input size, a folder image is exactly what the weights' own evaluation
+    transform makes of it (timm's resolve_data_config + create_transform for lite0), up to float rounding."""
+    import numpy as np
+    import timm.data
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    model = wv.load_model()
+    got = wv.images(tmp_path, model=model)[0]
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with Image.open(tmp_path / "a.png") as im:
+        want = tf(im.convert("RGB"))
+    assert got.shape == want.shape == (3, 224, 224)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wv.preprocess(Image.open(tmp_path / "a.png"), model)[0], want, rtol=1e-5, atol=1e-5)
+    # another size keeps the plain square resize (no model transform is defined for it)
+    assert wv.images(tmp_path, model=model, size=64)[0].shape == (3, 64, 64)

@@ -21,6 +21,7 @@ torch.Size([16, 3, 64, 64])
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import warnings
@@ -268,7 +269,21 @@ def _embedded_loaders(size: int) -> list:
     return [loader(c) for c in _embedded_crops()]
 
 
-def _folder_loaders(folder: Path, size: int) -> list:
+def _eval_crop(image, spec):
+    """The geometry of a model's evaluation transform (timm's and torchvision's alike): resize the short
+    side to ``floor(size / crop_pct)`` with the weights' interpolation, centre-crop ``size``."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    short = int(math.floor(spec.size / spec.crop_pct + 1e-6))
+    try:
+        mode = InterpolationMode(spec.interpolation)
+    except ValueError:
+        mode = InterpolationMode.BILINEAR
+    return TF.center_crop(TF.resize(image, short, interpolation=mode), spec.size)
+
+
+def _folder_loaders(folder: Path, size: int, spec=None) -> list:
     from PIL import Image, UnidentifiedImageError
 
     if not folder.exists():
@@ -295,6 +310,8 @@ def _folder_loaders(folder: Path, size: int) -> list:
         def load():
             try:
                 with Image.open(path) as im:
+                    if spec is not None and spec.size == size:  # the model's own evaluation crop
+                        return _eval_crop(_to_rgb(im), spec)
                     return _resize_square(_to_rgb(im), size)
             except (OSError, ValueError) as e:
                 raise WeightvizError(f"cannot read image {str(path)!r}: {e}") from None
@@ -314,7 +331,11 @@ def images(
 ) -> ImageSet:
     """An image set: a folder of images, or (``source=None``) the embedded natural images.
 
-    ``size``: side of the square images (default: the model's input size, else 224). ``n``: how many
+    ``size``: side of the square images (default: the model's input size, else 224). Images of a folder
+    loaded for a ``model`` at its own input size go through the geometry of its evaluation transform
+    (short side to ``size / crop_pct`` with the weights' interpolation, centre crop: what timm's
+    ``create_transform`` and torchvision's ``weights.transforms()`` do); otherwise the short side is resized
+    to ``size`` (bicubic) and centre-cropped. ``n``: how many
     (default all; the embedded set is shuffled with ``seed`` so any ``n`` is varied; a folder keeps sorted
     order and takes a seeded subset). ``model``: normalize for it (its mean/std; a 1-channel model gets
     luminance); else values are in [0, 1]. Loading is lazy: images are decoded when first indexed.
@@ -341,7 +362,7 @@ def _image_set(source, *, model=None, size=None, n=None, seed=0, batch_size=32) 
         random.Random(seed).shuffle(loaders)
         what = "embedded"
     else:
-        loaders = _folder_loaders(Path(source), int(size))
+        loaders = _folder_loaders(Path(source), int(size), spec)
         if n is not None and n < len(loaders):
             keep = sorted(random.Random(seed).sample(range(len(loaders)), n))
             loaders = [loaders[i] for i in keep]
