@@ -4,6 +4,7 @@ weights, and a tiny random conv net."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,44 @@ def tiny():
         m.bn1.running_mean.uniform_(-0.5, 0.5)
         m.bn1.running_var.uniform_(0.5, 2.0)
     return m
+
+
+# ------------------------------------------------------------------------------ sites built two ways
+_NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _texts_match(a: bytes, b: bytes, rel: float = 1e-4, abs_: float = 1e-6) -> bool:
+    """Text equal except for numbers, which may differ by float32 rounding (``rel``/``abs_``)."""
+    if _NUMBER.sub(b"#", a) != _NUMBER.sub(b"#", b):
+        return False
+    for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b)):
+        fx, fy = float(x), float(y)
+        if abs(fx - fy) > max(abs_, rel * max(abs(fx), abs(fy))):
+            return False
+    return True
+
+
+def _pngs_match(a: bytes, b: bytes, levels: int = 4) -> bool:
+    """Images of the same size whose pixels differ by at most ``levels`` of 255."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(io.BytesIO(d)).convert("RGBA")).astype(int) for d in (a, b))
+    return x.shape == y.shape and int(np.abs(x - y).max(initial=0)) <= levels
+
+
+def site_diff(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
+    """What README promises of one site built by two executors: the same files; text (HTML, JSON, JS) the
+    same but for numbers within float32 rounding; images within a few levels of 255. Returns the files
+    that break it (empty: the sites are the same in that sense)."""
+    bad = sorted(set(a) ^ set(b))
+    for f in sorted(set(a) & set(b)):
+        if a[f] == b[f]:
+            continue
+        ok = _pngs_match(a[f], b[f]) if f.endswith(".png") else _texts_match(a[f], b[f])
+        if not ok:
+            bad.append(f)
+    return bad
+

@@ -610,3 +610,15 @@ def test_a_second_build_of_the_same_site_waits_for_the_lock(tiny, tmp_path):
         os.close(fd)  # releases the lock: the build goes on
         t.join(timeout=600)
     assert result and result[0].pages == 6 and (root / "index.html").is_file()
+
+
+def test_site_diff_tolerates_rounding_not_changes():
+    from conftest import site_diff
+
+    from weightviz.explore.jobs import site_json
+
+    assert site_json({"x": 1 / 3, "y": [float("nan")]}) == b'{"x": 0.3333333, "y": [NaN]}'
+    assert site_diff({"a.json": b'{"x": 0.1234567}'}, {"a.json": b'{"x": 0.1234568}'}) == []
+    assert site_diff({"a.json": b'{"x": 0.12}'}, {"a.json": b'{"x": 0.13}'}) == ["a.json"]
+    assert site_diff({"a.html": b"<p>unit 3</p>"}, {"a.html": b"<p>unit 3 </p>"}) == ["a.html"]
+    assert site_diff({"a": b""}, {"b": b""}) == ["a", "b"]

@@ -371,6 +371,31 @@ def execute(executor: Any, fn: Callable[[Any, Job], Any], jobs: Sequence[Job], r
     return len(todo), len(jobs) - len(todo)
 
 
+#: significant digits of the numbers in a site's JSON files: float32 holds about 7, so digits past them are
+#: float rounding noise that differs between thread counts and CPUs
+JSON_DIGITS = 7
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.{JSON_DIGITS}g}") if obj == obj and abs(obj) != float("inf") else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def site_json(doc: Any) -> bytes:
+    """``doc`` as the bytes of a site JSON file, every float rounded to :data:`JSON_DIGITS` significant
+    digits (float32's precision), so files carry no noise digits.
+
+    >>> site_json({"w": 0.1234567891, "n": [1, 2.0000001234]})
+    b'{"w": 0.1234568, "n": [1, 2.0]}'
+    """
+    return json.dumps(_rounded(doc)).encode()
+
+
 def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)

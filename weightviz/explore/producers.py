@@ -17,7 +17,7 @@ from . import _png, pages
 from . import paths as P
 from .config import Source
 from .data import Explorer
-from .jobs import Job, write_file
+from .jobs import Job, site_json, write_file
 
 __all__ = ["produce_job", "run_job"]
 
@@ -154,7 +154,7 @@ def _produce_cases(ex: Explorer, inp: dict) -> dict[str, bytes]:
     if ex.config.cases:   # all the layer's units from one shared data pass
         ex.prefetch_cases(layer, inp["units"], ex.primary_source(layer))
     doc = {"layer": layer, "units": {str(u): pages.cases_data(ex, layer, u) for u in inp["units"]}}
-    return {_cases_path(layer): json.dumps(doc).encode()}
+    return {_cases_path(layer): site_json(doc)}
 
 
 # ------------------------------------------------------------------------------------- running jobs
@@ -206,7 +206,7 @@ def _produce_weights(ex: Explorer, inp: dict) -> dict[str, bytes]:
             for c in o["items"]:
                 files[P.out_path(layer, o["layer"], u, c["unit"])] = pages.out_png(ex, layer, o["layer"], u, c["unit"])
     doc = {"layer": layer, "units": units_data}
-    files[_data_path(layer)] = json.dumps(doc).encode()  # last: written after the images it lists
+    files[_data_path(layer)] = site_json(doc)  # last: written after the images it lists
     return files
 
 
@@ -232,7 +232,7 @@ def _produce_examples(ex: Explorer, inp: dict) -> dict[str, bytes]:
         for j in range(len(d.get("items", []))):
             files[P.example_path(layer, u, j)] = pages.example_png(ex, layer, u, j)
         doc[str(u)] = d
-    files[_examples_path(layer)] = json.dumps(doc).encode()  # last: written after the crops it lists
+    files[_examples_path(layer)] = site_json(doc)  # last: written after the crops it lists
     return files
 
 
