@@ -239,3 +239,72 @@ def test_check_address_reads_the_forms_ray_takes():
             check_address(bad)
     with pytest.raises(WeightvizError, match="cannot reach Ray at 'ray://127.0.0.1:1'"):
         check_address("ray://127.0.0.1:1")
+
+
+def _slow_start(folder: str) -> str:
+    """A worker state whose start-up takes a while and says where it runs (a file named by its pid)."""
+    import time
+
+    Path(folder, f"{os.getpid()}.pid").write_text("starting")
+    time.sleep(4.0)
+    return folder
+
+
+def _square_slowly(folder: str, job: int) -> int:
+    import time
+
+    Path(folder, f"{os.getpid()}.busy").write_text(str(job))
+    time.sleep(0.5)
+    return job * job
+
+
+def test_a_worker_killed_while_starting_and_one_killed_mid_job_are_both_retried(cluster, tmp_path):
+    """A worker that dies during its start-up (here: kill -9 while its init runs) is replaced like one that
+    dies mid-job; the run completes with every result."""
+    import threading
+    import time
+
+    from weightviz.explore import RayExecutor
+
+    killed: list[int] = []
+
+    def kill_first_starter() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = sorted(int(p.stem) for p in tmp_path.glob("*.pid"))
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_first_starter, daemon=True)
+    t.start()
+    executor = RayExecutor(2, _slow_start, (str(tmp_path),), init_timeout=300)
+    t.join(timeout=60)
+    try:
+        assert killed, "the test never killed a starting worker"
+        assert executor.started_again >= 1 and killed[0] not in executor.pids()
+        mid: list[int] = []
+        results = {}
+        for job, value in executor.imap(_square_slowly, list(range(12))):
+            results[job] = value
+            if not mid:  # a job just finished; the workers are busy with their next ones: kill one
+                busy = sorted(int(p.stem) for p in tmp_path.glob("*.busy") if int(p.stem) in executor.pids())
+                os.kill(busy[0], signal.SIGKILL)
+                mid.append(busy[0])
+        assert results == {j: j * j for j in range(12)}
+        assert executor.retried >= 1 and executor.replaced >= 2
+    finally:
+        executor.close()
+
+
+def _raising_start(_folder: str) -> None:
+    raise ValueError("bad model spec")
+
+
+def test_an_init_that_raises_stops_at_once(cluster, tmp_path):
+    from weightviz.explore import RayExecutor
+
+    with pytest.raises(WeightvizError, match="could not start.*bad model spec"):
+        RayExecutor(1, _raising_start, (str(tmp_path),), init_timeout=300)

@@ -69,6 +69,12 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
                              "or fix --address") from None
 
 
+def _init_raised(e: BaseException) -> bool:
+    """Whether a Ray actor error means the actor's ``__init__`` *raised* (deterministic), not that its
+    process died (a fault to retry)."""
+    return bool(getattr(e, "actor_init_failed", False)) or "raised in its creation task" in str(e)
+
+
 class _JobActor:
     """The actor body (wrapped by ``ray.remote`` at run time, so importing this module needs no Ray)."""
 
@@ -143,6 +149,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.retried = 0  # jobs resubmitted after a worker died
         self.replaced = 0  # actors started to replace dead ones
+        self.started_again = 0  # actors replaced because they died while starting
         self.done_per_worker: list[int] = [0] * workers
         self._payload = ray.put((init, init_args))  # the model, once, in the object store
         self._cls = ray.remote(_JobActor).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
@@ -153,24 +160,46 @@ class RayExecutor:
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait until every actor has started and loaded its state: a cluster without room for them
-        (CPUs/GPUs held by others) or a failing ``init`` becomes one clear error, not a silent wait."""
+        (CPUs/GPUs held by others) or a failing ``init`` becomes one clear error, not a silent wait. An
+        actor that *dies* while it starts (killed, out of memory, node lost) is a fault: it is replaced, up
+        to ``max_retries`` times in all; only an exception raised by ``init`` itself stops at once (a
+        fresh worker would raise it again)."""
         ray = self._ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
+        deaths = 0
         refs = [a.pid.remote() for a in self._actors]
-        try:
-            ray.get(refs, timeout=timeout)
-        except GetTimeoutError:
-            avail = ray.available_resources()
-            self.close()
-            raise WeightvizError(
-                f"Ray could not start {self.workers} workers of {self.cpus:g} CPU"
-                + (f" + {self.gpus:g} GPU" if self.gpus else "")
-                + f" within {timeout:g} s (free now: {avail.get('CPU', 0):g} CPU, {avail.get('GPU', 0):g} GPU); "
-                "use fewer --jobs or free the cluster") from None
-        except RayActorError as e:
-            self.close()
-            raise WeightvizError(f"a Ray worker could not start: {_last_error_line(str(e))}") from e
+        while True:
+            try:
+                ray.get(refs, timeout=timeout)
+                return
+            except GetTimeoutError:
+                avail = ray.available_resources()
+                self.close()
+                raise WeightvizError(
+                    f"Ray could not start {self.workers} workers of {self.cpus:g} CPU"
+                    + (f" + {self.gpus:g} GPU" if self.gpus else "")
+                    + f" within {timeout:g} s (free now: {avail.get('CPU', 0):g} CPU, {avail.get('GPU', 0):g} GPU); "
+                    "use fewer --jobs or free the cluster") from None
+            except RayActorError as e:
+                if _init_raised(e) or deaths >= self.max_retries:
+                    self.close()
+                    raise WeightvizError(f"a Ray worker could not start: {_last_error_line(str(e))}") from e
+            # replace every actor whose start-up ended in a death; the others are still starting or ready
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for i, ref in enumerate(refs):
+                if ref not in ready:
+                    continue
+                try:
+                    ray.get(ref, timeout=0)
+                except RayActorError as e:
+                    if _init_raised(e):
+                        self.close()
+                        raise WeightvizError(f"a Ray worker could not start: {_last_error_line(str(e))}") from e
+                    deaths += 1
+                    self._replace(i)
+                    refs[i] = self._actors[i].pid.remote()
+            self.started_again = deaths
 
     # ----------------------------------------------------------------------------------- actors
     def _new_actor(self):
@@ -222,7 +251,7 @@ class RayExecutor:
                 except RayActorError as e:  # the worker died (killed, OOM, node lost) or its init failed
                     attempts[id(job)] += 1
                     msg = str(e).strip()
-                    if "creation task" in msg:  # init(*init_args) raised: a fresh worker would fail the same
+                    if _init_raised(e):  # init(*init_args) raised: a fresh worker would fail the same
                         raise WeightvizError(f"a Ray worker could not start: {_last_error_line(msg)}") from e
                     if attempts[id(job)] > self.max_retries:
                         raise WeightvizError(
