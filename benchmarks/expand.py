@@ -5,7 +5,7 @@ Methods (each pair: all units of ``dst``, all channels of ``src``):
 
 - ``ours``: :func:`weightviz.expanded_weights` on a fresh model object (so the receptive-field search is
   included), then ``ours (field cached)``: the same call again (median of ``--repeats``). Its defaults:
-  recorded linear ops composed backwards on cropped windows (``weightviz._compose``), autograd fallback.
+  recorded linear ops composed backwards on cropped windows (``weightviz.linearize.compose``), autograd fallback.
 - ``loop@224``: the obvious way (Captum notebook): a hand-linearized copy (ReLU/ReLU6 modules -> Identity,
   ``F.relu`` patched to the identity for GoogLeNet's BasicConv2d, max-pool -> avg-pool), one full forward
   on a 224x224 input, then one ``autograd.grad`` per ``dst`` unit at the centre position (graph retained),
