@@ -280,7 +280,8 @@ def test_a_worker_killed_while_starting_and_one_killed_mid_job_are_both_retried(
 
     t = threading.Thread(target=kill_first_starter, daemon=True)
     t.start()
-    executor = RayExecutor(2, _slow_start, (str(tmp_path),), init_timeout=300)
+    # no CPU share: the module's pool fixture may hold all of the cluster's 2 CPUs
+    executor = RayExecutor(2, _slow_start, (str(tmp_path),), cpus=0, init_timeout=300)
     t.join(timeout=60)
     try:
         assert killed, "the test never killed a starting worker"
@@ -307,4 +308,4 @@ def test_an_init_that_raises_stops_at_once(cluster, tmp_path):
     from weightviz.explore import RayExecutor
 
     with pytest.raises(WeightvizError, match="could not start.*bad model spec"):
-        RayExecutor(1, _raising_start, (str(tmp_path),), init_timeout=300)
+        RayExecutor(1, _raising_start, (str(tmp_path),), cpus=0, init_timeout=300)
