@@ -294,9 +294,11 @@ class ProcessExecutor:
         instead of waiting for the jobs they run. Outputs are written atomically, so a job cut short
         leaves nothing half-written and is simply not done."""
         procs = list((getattr(self._pool, "_processes", None) or {}).values())  # CPython's worker table
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # terminate first: shutting the pool down first closes the queues a worker may be reading (one still
+        # starting up then dies on EOF with a traceback on the user's terminal)
         for p in procs:
             p.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             p.join(timeout=60)
 
